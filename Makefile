@@ -1,0 +1,33 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# The CPU build of torch, pinned: an open range would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/toklabel demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m slow -q
+
+test-all: test
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline workers tests bench data
+	$(VENV)/bin/ruff format --check pipeline workers tests bench data
+
+clean:
+	rm -rf $(VENV) runs

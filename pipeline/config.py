@@ -1,0 +1,159 @@
+"""The run configuration: one dataclass whose attribute docstrings are the documentation of the YAML keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from workers.optimiser import MODES, OptimiserConfig
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "data" / "configs" / "demo.yaml"
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs: harvest + label + score."""
+
+    out: str
+    """run directory (local path) or s3://bucket/prefix"""
+    sae: str | None = None
+    """SAE folder (SAELens: cfg.json + sae_weights.safetensors); needed to harvest"""
+    corpus: str | None = None
+    """.txt (a document per line) / .jsonl / .parquet with a text column; needed to harvest"""
+    model: str | None = None
+    """subject model the SAE was trained on; "minilm" = the bundled MiniLM; default: the SAE's own"""
+    hook: str | None = None
+    """hook point (blocks.L.hook_resid_post, ...) or module path; default: the SAE's own"""
+    features: str | list[int] = "all"
+    """all | "0-1023" | [1, 5, 9]"""
+    discriminator: str = "minilm"
+    """discriminator model: "minilm" (the bundled encoder) or a local folder / hub name"""
+    label_tokens: int = 1
+    """K, words per label"""
+    optimiser: str = "st-gumbel"
+    """st-gumbel | soft | exhaustive"""
+    steps: int = 100
+    """gradient steps per batch of features"""
+    template: str = "{label}"
+    """text around the label slot given to the discriminator"""
+    seed: int = 0
+    text_column: str = "text"
+    """column holding the text in .jsonl / .parquet corpora"""
+    max_contexts: int | None = None
+    """use at most this many documents of the corpus (its first ones)"""
+    context_length: int = 64
+    """tokens per context; longer documents are truncated"""
+    top_k: int = 40
+    """top-activating contexts kept per feature"""
+    random_negatives: int = 40
+    """random non-activating contexts kept per feature"""
+    negative_pool: int = 4096
+    """contexts sampled once per run, from which each feature's random negatives are drawn"""
+    test_fraction: float = 0.3
+    """share of each feature's examples held out for scoring"""
+    shard_size: int = 256
+    """features per shard (one Parquet file each in examples/ and labels/)"""
+    features_per_batch: int = 128
+    """features optimised together in one batch; bounds memory"""
+    harvest_batch: int = 64
+    """contexts per forward pass of the subject model"""
+    harvest_chunk: int = 2048
+    """contexts per harvest task"""
+    actors: int | None = None
+    """labeling actors; default: one per GPU, else one per 2 CPUs"""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = [
+            (self.label_tokens in range(1, 5), "label_tokens", "an integer from 1 to 4"),
+            (self.optimiser in MODES, "optimiser", f"one of {list(MODES)}"),
+            (self.steps >= 1, "steps", "at least 1"),
+            (0 < self.test_fraction < 1, "test_fraction", "between 0 and 1"),
+            (self.shard_size >= 1, "shard_size", "at least 1"),
+            (self.features_per_batch >= 1, "features_per_batch", "at least 1"),
+            (self.top_k >= 1, "top_k", "at least 1"),
+            (self.random_negatives >= 1, "random_negatives", "at least 1"),
+            (self.context_length >= 2, "context_length", "at least 2"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ValueError(f"config key {key!r} = {getattr(self, key)!r}; expected {expected}")
+        if self.optimiser == "exhaustive" and self.label_tokens != 1:
+            raise ValueError("config: optimiser 'exhaustive' needs label_tokens: 1")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> RunConfig:
+        """Read a YAML config; relative paths in it are taken relative to the file; `overrides` win."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+        for key in ("sae", "corpus", "out", "model", "discriminator"):
+            value = raw.get(key)
+            if isinstance(value, str) and value.startswith(("./", "../")):
+                raw[key] = str((path.parent / value).resolve())
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known - {'extra'})}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw
+        ]
+        if missing:
+            raise ValueError(f"{source}: missing required key(s) {missing}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Hash of everything that changes the results (not where they are written, nor parallelism)."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in ("out", "actors")}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+    def optimiser_config(self) -> OptimiserConfig:
+        return OptimiserConfig(mode=self.optimiser, label_tokens=self.label_tokens, steps=self.steps, seed=self.seed)
+
+
+def parse_features(spec: str | int | list[int], n_latents: int) -> list[int]:
+    """Feature ids from "all", "A-B" (inclusive), "A,B,C", one id, or a list; each checked against the SAE."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "all":
+            return list(range(n_latents))
+        try:
+            if "-" in text and "," not in text:
+                lo, hi = (int(x) for x in text.split("-"))
+                ids = list(range(lo, hi + 1))
+            else:
+                ids = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"features {spec!r}: expected 'all', a range like '0-1023' or ids like '1,5,9'") from None
+    elif isinstance(spec, int):
+        ids = [spec]
+    else:
+        ids = [int(x) for x in spec]
+    bad = [i for i in ids if not 0 <= i < n_latents]
+    if bad or not ids:
+        raise ValueError(
+            f"features {spec!r}: ids must lie in 0..{n_latents - 1} (the SAE's latents); got {bad[:5] or 'none'}"
+        )
+    return sorted(set(ids))

@@ -1,0 +1,1 @@
+"""Actor side of toklabel: models, SAEs, harvesting, discriminators, the label optimiser, scoring."""
