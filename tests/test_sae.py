@@ -2,11 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from workers.sae import ARCHITECTURES, SAEConfig, build_sae, load_sae, save_saelens
+from workers.sae import ARCHITECTURES, SAEConfig, build_sae, load_sae, save_saelens, sparsify_hook
 
 D_IN, D_SAE, K = 8, 32, 4
 
@@ -132,7 +133,7 @@ def test_missing_folder(tmp_path):
 def test_missing_file(tmp_path, name):
     save_saelens(random_sae("standard"), tmp_path)
     (tmp_path / name).unlink()
-    with pytest.raises(FileNotFoundError, match=name):
+    with pytest.raises(FileNotFoundError, match=rf"{name}.*found \["):
         load_sae(tmp_path)
 
 
@@ -146,14 +147,14 @@ def test_unknown_architecture(tmp_path):
 def test_missing_cfg_key(tmp_path):
     save_saelens(random_sae("standard"), tmp_path)
     edit_cfg(tmp_path, d_sae=None)
-    with pytest.raises(KeyError, match="cfg.json.*'d_sae'"):
+    with pytest.raises(ValueError, match="cfg.json.*'d_sae'"):
         load_sae(tmp_path)
 
 
 def test_missing_hook_name(tmp_path):
     save_saelens(random_sae("standard"), tmp_path)
     edit_cfg(tmp_path, metadata={"model_name": "minilm"})
-    with pytest.raises(KeyError, match="hook_name"):
+    with pytest.raises(ValueError, match="hook_name"):
         load_sae(tmp_path)
 
 
@@ -167,7 +168,7 @@ def test_shape_mismatch(tmp_path):
 def test_missing_tensor(tmp_path):
     save_saelens(random_sae("standard"), tmp_path)
     edit_cfg(tmp_path, architecture="jumprelu")
-    with pytest.raises(KeyError, match="missing tensor 'threshold'"):
+    with pytest.raises(ValueError, match="missing tensor 'threshold'"):
         load_sae(tmp_path)
 
 
@@ -183,3 +184,113 @@ def test_invalid_cfg_json(tmp_path):
     (tmp_path / "cfg.json").write_text("{not json")
     with pytest.raises(ValueError, match="cfg.json: not valid JSON"):
         load_sae(tmp_path)
+
+
+def random_params(architecture: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random float32 weights in SAELens layout for `architecture`."""
+    rng = np.random.default_rng(seed)
+    cfg = SAEConfig(architecture, D_IN, D_SAE, k=K if architecture == "topk" else None)
+    return {
+        name: (rng.standard_normal(shape) * 0.5).astype(np.float32)
+        for name, shape in ARCHITECTURES[architecture].param_shapes(cfg).items()
+    }
+
+
+def write_gemma_scope(folder, params):
+    """A Gemma Scope params.npz (JumpReLU) in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "params.npz", **params)
+    return folder / "params.npz"
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_gemma_scope_npz(tmp_path, as_file):
+    params = random_params("jumprelu")
+    npz = write_gemma_scope(tmp_path / "layer_3" / "width_16k", params)
+    sae = load_sae(npz if as_file else npz.parent, model_name="gemma-2-2b", hook_name="blocks.3.hook_resid_post")
+    assert (sae.cfg.architecture, sae.cfg.model_name, sae.cfg.hook_name) == (
+        "jumprelu",
+        "gemma-2-2b",
+        "blocks.3.hook_resid_post",
+    )
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(2))
+    p = {name: torch.from_numpy(value) for name, value in params.items()}
+    # Gemma Scope's reference encoder: no b_dec subtraction.
+    pre = x @ p["W_enc"] + p["b_enc"]
+    expected = (pre > p["threshold"]) * torch.relu(pre)
+    assert (sae.encode(x) - expected).abs().max() < 1e-5
+    assert (expected > 0).any()
+
+
+def test_gemma_scope_needs_model_and_hook(tmp_path):
+    write_gemma_scope(tmp_path, random_params("jumprelu"))
+    with pytest.raises(ValueError, match=r"params\.npz.*'model' and 'hook'"):
+        load_sae(tmp_path)
+
+
+def write_sparsify(folder, params, **cfg):
+    """A sparsify layer folder: cfg.json + sae.safetensors with encoder as nn.Linear [d_sae, d_in]."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "encoder.weight": torch.from_numpy(params["W_enc"].T.copy()),
+        "encoder.bias": torch.from_numpy(params["b_enc"]),
+        "W_dec": torch.from_numpy(params["W_dec"]),
+        "b_dec": torch.from_numpy(params["b_dec"]),
+    }
+    save_file(tensors, folder / "sae.safetensors")
+    raw = {"activation": "topk", "expansion_factor": 4, "normalize_decoder": True, "num_latents": 0, "k": K}
+    (folder / "cfg.json").write_text(json.dumps({**raw, **cfg, "d_in": D_IN}))
+
+
+def test_sparsify_folder(tmp_path):
+    params = random_params("topk")
+    write_sparsify(tmp_path / "layers.3", params)
+    sae = load_sae(tmp_path / "layers.3", model_name="EleutherAI/pythia-70m")
+    assert (sae.cfg.architecture, sae.cfg.d_sae, sae.cfg.k) == ("topk", D_IN * 4, K)
+    assert sae.cfg.hook_name == "blocks.3.hook_resid_post"
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(3))
+    # sparsify's reference: relu(linear(x - b_dec, encoder)) then top-k.
+    pre = torch.relu((x - torch.from_numpy(params["b_dec"])) @ torch.from_numpy(params["W_enc"]) + params["b_enc"])
+    top = pre.topk(K, dim=-1)
+    expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    assert (sae.encode(x) - expected).abs().max() < 1e-5
+
+
+def test_sparsify_root_lists_layers(tmp_path):
+    write_sparsify(tmp_path / "layers.3", random_params("topk"))
+    write_sparsify(tmp_path / "layers.5", random_params("topk"))
+    with pytest.raises(FileNotFoundError, match="pick one: layers.3, layers.5"):
+        load_sae(tmp_path)
+
+
+def test_sparsify_hook_names():
+    assert sparsify_hook("layers.7") == "blocks.7.hook_resid_post"
+    assert sparsify_hook("layers.7.mlp") == "blocks.7.hook_mlp_out"
+    assert sparsify_hook("encoder.layer.2.output") == "encoder.layer.2.output"
+
+
+def test_sparsify_num_latents_mismatch(tmp_path):
+    write_sparsify(tmp_path, random_params("topk"), num_latents=D_SAE * 2)
+    with pytest.raises(ValueError, match=r"sae\.safetensors: tensor 'W_enc' has shape"):
+        load_sae(tmp_path, model_name="m")
+
+
+def test_truncated_safetensors(tmp_path):
+    save_saelens(random_sae("standard"), tmp_path)
+    weights = tmp_path / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match="sae_weights.safetensors: not a readable safetensors file"):
+        load_sae(tmp_path)
+
+
+def test_truncated_npz(tmp_path):
+    npz = write_gemma_scope(tmp_path, random_params("jumprelu"))
+    npz.write_bytes(npz.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"params\.npz: not a readable \.npz file"):
+        load_sae(tmp_path, model_name="m", hook_name="blocks.0.hook_resid_post")
+
+
+def test_pickled_npz_is_refused(tmp_path):
+    np.savez(tmp_path / "params.npz", W_enc=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"params\.npz: not a readable"):
+        load_sae(tmp_path, model_name="m", hook_name="h")

@@ -5,7 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
 from workers.models import MINILM, load_encoder, load_tokenizer
-from workers.subject import SubjectModel
+from workers.subject import SubjectModel, check_hook
 
 TEXTS = ["The cat sat on the mat.", "Sparse autoencoders find features in activations.", "Hi"]
 
@@ -109,7 +109,9 @@ def test_gpt2_bad_layer(tiny_gpt2):
         subject(tiny_gpt2, "blocks.2.hook_resid_post", "tiny-gpt2")
 
 
-def test_llama_layers_found(minilm_parts):
+@pytest.fixture(scope="module")
+def tiny_llama(minilm_parts):
+    """A random 2-layer Llama whose heads (2 x 8) are narrower than its residual stream (32)."""
     torch.manual_seed(0)
     tokenizer = minilm_parts[1]
     config = LlamaConfig(
@@ -118,8 +120,66 @@ def test_llama_layers_found(minilm_parts):
         intermediate_size=64,
         num_attention_heads=2,
         num_key_value_heads=2,
+        head_dim=8,
         vocab_size=len(tokenizer),
     )
-    tiny = (LlamaModel(config).eval(), tokenizer)
-    acts, mask, _ = subject(tiny, "blocks.0.hook_resid_post", "tiny-llama").activations(TEXTS, max_length=64)
-    assert (acts - hidden_states(*tiny)[1])[mask].abs().max() < 1e-5
+    return LlamaModel(config).eval(), tokenizer
+
+
+def test_llama_layers_found(tiny_llama):
+    acts, mask, _ = subject(tiny_llama, "blocks.0.hook_resid_post", "tiny-llama").activations(TEXTS, max_length=64)
+    assert (acts - hidden_states(*tiny_llama)[1])[mask].abs().max() < 1e-5
+
+
+def attention_output(module):
+    """The output (first element) of an attention module during a full forward pass."""
+    captured = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out[0]))
+    return captured, handle
+
+
+@pytest.mark.parametrize(
+    ("fixture", "attn", "proj", "width"),
+    [("tiny_gpt2", "h.1.attn", "c_proj", 32), ("tiny_llama", "layers.1.self_attn", "o_proj", 16)],
+)
+def test_hook_z_projects_to_the_attention_output(request, fixture, attn, proj, width):
+    model, tokenizer = request.getfixturevalue(fixture)
+    captured, handle = attention_output(model.get_submodule(attn))
+    hidden_states(model, tokenizer)
+    handle.remove()
+    hooked = subject((model, tokenizer), "blocks.1.attn.hook_z", fixture)
+    z, mask, _ = hooked.activations(TEXTS, max_length=64)
+    assert z.shape[-1] == hooked.d_model == width
+    # z is the heads' output before the output projection: projecting it gives the attention output.
+    projected = model.get_submodule(f"{attn}.{proj}")(z)
+    assert (projected - captured[0])[mask].abs().max() < 1e-5
+
+
+def test_bert_hook_z(minilm_parts):
+    model, tokenizer = minilm_parts
+    attention = model.encoder.layer[2].attention
+    captured, handle = attention_output(attention)
+    inputs = []
+    pre = attention.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
+    hidden_states(model, tokenizer)
+    handle.remove()
+    pre.remove()
+    z, mask, _ = subject(minilm_parts, "blocks.2.attn.hook_z").activations(TEXTS, max_length=64)
+    assert z.shape[-1] == 384
+    # BertSelfOutput turns the merged heads z and the block input into the attention block's output.
+    assert (attention.output(z, inputs[0]) - captured[0])[mask].abs().max() < 1e-5
+
+
+def test_module_path_width_is_measured(minilm_parts):
+    assert subject(minilm_parts, "encoder.layer.1.intermediate").d_model == 1536
+
+
+def test_check_hook_from_config_alone():
+    check_hook("minilm", "blocks.3.hook_resid_post", 384)
+    check_hook("minilm", "encoder.layer.1.intermediate", 384)  # module paths are checked by the harvester
+    with pytest.raises(ValueError, match=r"d_in=512 does not match the width 384 of 'minilm'"):
+        check_hook("minilm", "blocks.3.attn.hook_z", 512)
+    with pytest.raises(ValueError, match=r"'blocks.9.hook_resid_post'.*0\.\.5 \(6 layers\)"):
+        check_hook("minilm", "blocks.9.hook_resid_post", 384)
+    with pytest.raises(ValueError, match=r"'encoder.layer.9.output' on model 'minilm'.*no such module path"):
+        check_hook("minilm", "encoder.layer.9.output", 384)

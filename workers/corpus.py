@@ -1,4 +1,4 @@
-"""Read a text corpus (.txt, .jsonl or .parquet) into a list of strings."""
+"""Read a text corpus (.txt, .jsonl, .parquet or a Hugging Face dataset) and cut it into contexts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 # workers/corpus.py -> repo root is two levels up; the demo corpus ships in repo/data.
 DEMO_CORPUS = Path(__file__).resolve().parent.parent / "data" / "corpus" / "demo.jsonl"
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+HUB_PREFIX = "hf:"
 
 
 def _column(rows: list[dict], text_column: str, path: str) -> list:
@@ -21,8 +22,12 @@ def _column(rows: list[dict], text_column: str, path: str) -> list:
 
 def read_corpus(path: str, text_column: str = "text", limit: int | None = None) -> list[str]:
     """Return the stripped, non-empty texts of a corpus file, at most `limit` of them."""
-    if str(path).startswith("hf:"):
-        raise ValueError(f"{path}: Hugging Face datasets need the network and are not supported in this version")
+    if str(path).startswith(HUB_PREFIX):
+        raw = _read_hub(str(path), text_column, limit)
+        texts = [t.strip() for t in raw if isinstance(t, str) and t.strip()]
+        if not texts:
+            raise ValueError(f"{path}: corpus has no non-empty texts")
+        return texts
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}")
@@ -47,3 +52,63 @@ def read_corpus(path: str, text_column: str = "text", limit: int | None = None) 
     if not texts:
         raise ValueError(f"{path}: corpus has no non-empty texts")
     return texts[:limit] if limit is not None else texts
+
+
+def parse_hub_name(spec: str) -> tuple[str, str | None, str]:
+    """Split "hf:NAME[:CONFIG][:SPLIT]" into (name, config or None, split; default "train")."""
+    parts = spec[len(HUB_PREFIX) :].split(":")
+    if not parts[0] or len(parts) > 3 or not all(parts):
+        raise ValueError(f"corpus {spec!r}: expected hf:NAME, hf:NAME:CONFIG or hf:NAME:CONFIG:SPLIT")
+    name, config, split = (parts + [None, None])[:3]
+    return name, config, split or "train"
+
+
+def _read_hub(spec: str, text_column: str, limit: int | None) -> list:
+    """Stream the first `limit` texts of a Hugging Face dataset (needs the optional `datasets` package)."""
+    name, config, split = parse_hub_name(spec)
+    if limit is None:
+        raise ValueError(f"corpus {spec!r}: hub datasets are streamed; set max_contexts to bound how many documents")
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"corpus {spec!r} needs the optional package 'datasets': pip install 'toklabel[hf]'") from None
+    try:
+        stream = datasets.load_dataset(name, config, split=split, streaming=True)
+        rows = [row for row, _ in zip(stream, range(limit))]
+    except Exception as error:  # noqa: BLE001 - offline, unknown name, bad split: all surface as one clear error
+        raise ValueError(
+            f"corpus {spec!r}: could not stream dataset {name!r} ({type(error).__name__}: {error})"
+        ) from None
+    return _column(rows, text_column, spec)
+
+
+def make_contexts(
+    texts: list[str], tokenizer, length: int, split_documents: bool = False, min_tokens: int | None = None
+) -> list[str]:
+    """Cut documents into contexts of at most `length` tokens of `tokenizer`.
+
+    Without `split_documents` a document is one context (the harvest truncates it); with it, a long
+    document becomes consecutive contexts of `length` tokens. Contexts shorter than `min_tokens`
+    are dropped; if none is left, a ValueError names the value.
+    """
+    if not split_documents and not min_tokens:
+        return texts
+    if not tokenizer.is_fast:
+        raise ValueError(
+            f"split_documents / min_context_tokens need a fast tokenizer; {type(tokenizer).__name__} is not"
+        )
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    contexts, longest = [], 0
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        longest = max(longest, len(offsets))
+        starts = range(0, len(offsets), length) if split_documents else [0] if offsets else []
+        for start in starts:
+            piece = offsets[start : start + length]
+            if len(piece) >= (min_tokens or 1):
+                contexts.append(text[piece[0][0] : piece[-1][1]])
+    if not contexts:
+        raise ValueError(
+            f"min_context_tokens={min_tokens}: no context of the corpus has that many tokens "
+            f"(longest document: {longest} tokens); lower min_context_tokens or use a corpus of longer documents"
+        )
+    return contexts

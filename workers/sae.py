@@ -1,19 +1,24 @@
-"""Sparse autoencoders behind a registry of architectures, loaded from and saved to SAELens folders."""
+"""Sparse autoencoders: a registry of architectures and a registry of file formats (SAELens, sparsify, Gemma Scope)."""
 
 import json
 import math
+import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSIFY_FILE = "sae.safetensors"
+GEMMA_SCOPE_FILE = "params.npz"
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 # Legacy SAELens checkpoints may carry these; an all-ones tensor is a no-op and can be dropped.
 _LEGACY_SCALES = ("scaling_factor", "finetuning_scaling_factor")
@@ -173,7 +178,7 @@ class GatedSAE(SAE):
 def _take(raw: dict, key: str, source: Path) -> Any:
     """Pop and return raw[key] or raise naming the key and file."""
     if key not in raw:
-        raise KeyError(f"{source}: missing key {key!r}")
+        raise ValueError(f"{source}: missing key {key!r}")
     return raw.pop(key)
 
 
@@ -189,7 +194,7 @@ def config_from_saelens(raw: dict, source: Path) -> SAEConfig:
     k = flat.pop("k", kwargs.get("k"))
     hook_name = flat.pop("hook_name", None) or flat.pop("hook_point", None)
     if hook_name is None:
-        raise KeyError(f"{source}: missing key 'hook_name' (top level or in 'metadata')")
+        raise ValueError(f"{source}: missing key 'hook_name' (top level or in 'metadata')")
     return SAEConfig(
         architecture=architecture,
         d_in=int(_take(flat, "d_in", source)),
@@ -213,44 +218,161 @@ def build_sae(cfg: SAEConfig) -> SAE:
     return ARCHITECTURES[cfg.architecture](cfg)
 
 
-def _read_weights(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Read and check the tensors named in `shapes` from a safetensors file, as float32."""
-    with safe_open(str(path), framework="pt") as handle:
-        found = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-        for name, shape in shapes.items():
-            if name not in found:
-                raise KeyError(f"{path}: missing tensor {name!r} (has {', '.join(sorted(found))})")
-            if found[name] != shape:
-                raise ValueError(f"{path}: tensor {name!r} has shape {list(found[name])}, expected {list(shape)}")
-        tensors = {name: handle.get_tensor(name).float() for name in found}
-    for name in _LEGACY_SCALES:
-        scale = tensors.pop(name, None)
-        if scale is not None and not torch.all(scale == 1):
-            raise ValueError(f"{path}: tensor {name!r} is not all ones; legacy fine-tuning scales are not supported")
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse missing, misshapen or unexpected tensors, naming the file and tensor."""
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise ValueError(f"{path}: missing tensor {name!r} (has {', '.join(sorted(tensors))})")
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}")
     unexpected = set(tensors) - set(shapes)
     if unexpected:
         raise ValueError(f"{path}: unexpected tensors {sorted(unexpected)} for this architecture")
-    return tensors
 
 
-def load_sae(path: str | Path, device: str = "cpu") -> SAE:
-    """Load an SAE from a SAELens folder holding cfg.json and sae_weights.safetensors."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"SAE folder not found: {folder}")
-    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
-    for needed in (cfg_path, weights_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"SAE folder {folder} lacks {needed.name}")
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file as float32; a damaged file is a ValueError naming it."""
     try:
-        raw = json.loads(cfg_path.read_text())
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: handle.get_tensor(name).float() for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def _read_npz(path: Path) -> dict[str, torch.Tensor]:
+    """All arrays of an .npz file (never unpickled) as float32 tensors; a damaged file is a ValueError."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: torch.from_numpy(np.asarray(archive[name], dtype=np.float32)) for name in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npz file ({error})") from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`, or a ValueError naming the file."""
+    try:
+        raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{cfg_path}: not valid JSON ({error})") from None
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{cfg_path}: expected a JSON object, found {type(raw).__name__}")
-    cfg = config_from_saelens(raw, cfg_path)
+        raise ValueError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def _load_saelens(folder: Path, model_name: str | None, hook_name: str | None) -> tuple[SAEConfig, dict]:
+    """SAELens: cfg.json (v6 or flat) + sae_weights.safetensors in SAELens tensor layout."""
+    cfg_path, weights_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    cfg = config_from_saelens(_read_json(cfg_path), cfg_path)
+    tensors = _read_safetensors(weights_path)
+    for name in _LEGACY_SCALES:
+        scale = tensors.pop(name, None)
+        if scale is not None and not torch.all(scale == 1):
+            raise ValueError(
+                f"{weights_path}: tensor {name!r} is not all ones; legacy fine-tuning scales are not supported"
+            )
+    return cfg, tensors
+
+
+def _load_gemma_scope(path: Path, model_name: str | None, hook_name: str | None) -> tuple[SAEConfig, dict]:
+    """Gemma Scope: params.npz with W_enc, W_dec, b_enc, b_dec, threshold; JumpReLU, encoder reads raw x."""
+    npz = path if path.is_file() else path / GEMMA_SCOPE_FILE
+    if not model_name or not hook_name:
+        raise ValueError(f"{npz}: Gemma Scope files do not name their model and hook; set 'model' and 'hook'")
+    tensors = _read_npz(npz)
+    if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
+        raise ValueError(f"{npz}: missing 2-D tensor 'W_enc' (has {', '.join(sorted(tensors))})")
+    d_in, d_sae = tensors["W_enc"].shape
+    # Gemma Scope's encoder is x @ W_enc + b_enc: b_dec is not subtracted first.
+    cfg = SAEConfig("jumprelu", d_in, d_sae, model_name, hook_name, apply_b_dec_to_input=False)
+    return cfg, tensors
+
+
+def sparsify_hook(layer_folder: str) -> str:
+    """The hook for a sparsify layer folder: layers.N -> resid_post, layers.N.mlp -> mlp_out, else as is."""
+    match = re.fullmatch(r"(?:model\.)?layers\.(\d+)(\.mlp)?", layer_folder)
+    if not match:
+        return layer_folder
+    return f"blocks.{match.group(1)}.{'hook_mlp_out' if match.group(2) else 'hook_resid_post'}"
+
+
+def _load_sparsify(folder: Path, model_name: str | None, hook_name: str | None) -> tuple[SAEConfig, dict]:
+    """EleutherAI sparsify: cfg.json + sae.safetensors (encoder.weight [d_sae, d_in], encoder.bias, W_dec, b_dec)."""
+    cfg_path, weights_path = folder / CFG_FILE, folder / SPARSIFY_FILE
+    raw = _read_json(cfg_path)
+    tensors = _read_safetensors(weights_path)
+    if "encoder.weight" not in tensors:
+        raise ValueError(f"{weights_path}: missing tensor 'encoder.weight' (has {', '.join(sorted(tensors))})")
+    d_sae_file, d_in_file = tensors["encoder.weight"].shape
+    d_in = int(raw.get("d_in", d_in_file))
+    d_sae = int(raw.get("num_latents") or d_in * int(raw.get("expansion_factor", 0)) or d_sae_file)
+    if raw.get("activation", "topk") != "topk":
+        raise ValueError(f"{cfg_path}: activation {raw['activation']!r} is not supported; expected 'topk'")
+    if raw.get("transcode") or raw.get("skip_connection"):
+        raise ValueError(f"{cfg_path}: transcoders and skip connections are not SAEs; not supported")
+    k = int(_take(dict(raw), "k", cfg_path))
+    cfg = SAEConfig(
+        "topk",
+        d_in,
+        d_sae,
+        model_name=model_name or "",
+        hook_name=hook_name or sparsify_hook(folder.name),
+        # sparsify subtracts b_dec before the encoder, as SAELens does.
+        apply_b_dec_to_input=True,
+        k=k,
+        extra={key: value for key, value in raw.items() if key not in ("d_in", "k", "num_latents")},
+    )
+    # sparsify stores the encoder as nn.Linear [d_sae, d_in]; SAELens layout is W_enc [d_in, d_sae].
+    tensors["W_enc"] = tensors.pop("encoder.weight").T.contiguous()
+    tensors["b_enc"] = tensors.pop("encoder.bias", torch.zeros(d_sae))
+    return cfg, tensors
+
+
+@dataclass(frozen=True)
+class SAEFormat:
+    """A file format: the files that identify it and the loader that reads them."""
+
+    description: str
+    files: tuple[str, ...]
+    load: Callable[[Path, str | None, str | None], tuple[SAEConfig, dict]]
+
+    def matches(self, path: Path) -> bool:
+        """Whether `path` (a folder, or a single file) holds this format."""
+        if path.is_file():
+            return len(self.files) == 1 and path.suffix == Path(self.files[0]).suffix
+        return all((path / name).is_file() for name in self.files)
+
+
+FORMATS: dict[str, SAEFormat] = {
+    "saelens": SAEFormat("SAELens", (CFG_FILE, WEIGHTS_FILE), _load_saelens),
+    "sparsify": SAEFormat("EleutherAI sparsify", (CFG_FILE, SPARSIFY_FILE), _load_sparsify),
+    "gemma-scope": SAEFormat("Gemma Scope", (GEMMA_SCOPE_FILE,), _load_gemma_scope),
+}
+
+
+def detect_format(path: Path) -> str:
+    """The name of the format held at `path`, or FileNotFoundError saying what each format needs."""
+    found = [name for name, fmt in FORMATS.items() if fmt.matches(path)]
+    if found:
+        return found[0]
+    expected = "; ".join(f"{fmt.description}: {' + '.join(fmt.files)}" for fmt in FORMATS.values())
+    if path.is_dir():
+        layers = sorted(p.name for p in path.iterdir() if p.is_dir() and any(f.matches(p) for f in FORMATS.values()))
+        hint = f"; it has SAE subfolders, pick one: {', '.join(layers)}" if layers else ""
+        present = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(f"SAE folder {path} holds no supported format ({expected}); found {present}{hint}")
+    raise FileNotFoundError(f"SAE not found: {path} (expected a folder or file with {expected})")
+
+
+def load_sae(path: str | Path, device: str = "cpu", model_name: str | None = None, hook_name: str | None = None) -> SAE:
+    """Load an SAE from any supported format; `model_name`/`hook_name` fill in what the file does not say."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"SAE folder not found: {path}")
+    fmt = FORMATS[detect_format(path)]
+    cfg, tensors = fmt.load(path, model_name, hook_name)
     sae = build_sae(cfg)
-    sae.load_state_dict(_read_weights(weights_path, sae.param_shapes(cfg)))
+    _check_tensors(path / fmt.files[-1] if path.is_dir() else path, tensors, sae.param_shapes(cfg))
+    sae.load_state_dict(tensors)
     return sae.to(device).eval().requires_grad_(False)
 
 

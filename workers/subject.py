@@ -4,17 +4,25 @@ import re
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.models import load_encoder, load_tokenizer
+from workers.models import load_encoder, load_tokenizer, resolve_model
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_mlp_out)$")
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_post|hook_mlp_out|attn\.hook_z)$")
 _HOOK_FORMS = (
-    "blocks.{L}.hook_resid_pre, blocks.{L}.hook_resid_post, blocks.{L}.hook_mlp_out, "
+    "blocks.{L}.hook_resid_pre, blocks.{L}.hook_resid_post, blocks.{L}.hook_mlp_out, blocks.{L}.attn.hook_z, "
     "or a dotted module path inside the model (e.g. encoder.layer.3.output)"
 )
 # Names of the feed-forward submodule inside a transformer layer, across families.
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# Where the per-head attention output z (heads concatenated, before the output projection) lives, per family:
+# (module path inside a layer, whether z is that module's input rather than its output).
+_Z_MODULES = (
+    ("attn.c_proj", True),  # GPT-2
+    ("self_attn.o_proj", True),  # Llama, Mistral, Gemma, Qwen
+    ("self_attn.out_proj", True),  # OPT, BART-style decoders
+    ("attention.self", False),  # BERT: BertSelfAttention returns the merged heads
+)
 
 
 class _StopForward(Exception):
@@ -24,6 +32,44 @@ class _StopForward(Exception):
 def _first(output):
     """Return the hidden-state tensor from a module output that may be a tuple."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def hook_width(config, hook: str) -> int | None:
+    """Width of the activations at `hook` from the model config alone; None for module paths (not knowable)."""
+    match = _BLOCK_HOOK.match(hook)
+    if not match:
+        return None
+    if match.group(2) == "attn.hook_z":
+        # hook_z is [n_heads, d_head] per token in TransformerLens; SAEs read it flattened.
+        heads = config.num_attention_heads
+        return heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return config.hidden_size
+
+
+def check_hook(name: str, hook: str, d_in: int) -> None:
+    """Refuse, from the model's config alone, a blocks.L hook out of range or of another width than the SAE's."""
+    config = AutoConfig.from_pretrained(resolve_model(name))
+    match = _BLOCK_HOOK.match(hook)
+    n_layers = getattr(config, "num_hidden_layers", None)
+    if match and n_layers is not None and int(match.group(1)) >= n_layers:
+        raise ValueError(
+            f"hook {hook!r} on model {name!r}: layer {match.group(1)} out of range; "
+            f"expected {_HOOK_FORMS} with L in 0..{n_layers - 1} ({n_layers} layers)"
+        )
+    width = hook_width(config, hook)
+    if width is not None and width != d_in:
+        raise ValueError(f"SAE d_in={d_in} does not match the width {width} of {name!r} at hook {hook!r}")
+    if not match:
+        # A model on the meta device has every module and no weights: module paths are checked for free.
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+        try:
+            skeleton.get_submodule(hook)
+        except AttributeError:
+            raise ValueError(
+                f"hook {hook!r} on model {name!r} ({type(skeleton).__name__}): no such module path; "
+                f"expected {_HOOK_FORMS}"
+            ) from None
 
 
 def find_layers(model: nn.Module) -> nn.ModuleList:
@@ -61,8 +107,11 @@ class SubjectModel:
 
     @property
     def d_model(self) -> int:
-        """Width of the residual stream."""
-        return self.model.config.hidden_size
+        """Width of the activations at the hook (a module path is measured with one tiny forward pass)."""
+        width = hook_width(self.model.config, self.hook)
+        if width is None:
+            width = self.activations(["a"], max_length=4)[0].shape[-1]
+        return width
 
     def _resolve_hook(self, hook: str) -> tuple[nn.Module, bool]:
         """Return the module to hook and whether to capture its input (pre-hook) instead of its output."""
@@ -77,6 +126,8 @@ class SubjectModel:
                 return layer, True
             if kind == "hook_resid_post":
                 return layer, False
+            if kind == "attn.hook_z":
+                return self._attn_z(layer, hook)
             return self._mlp(layer, hook), False
         try:
             return self.model.get_submodule(hook), False
@@ -92,6 +143,18 @@ class SubjectModel:
             f"hook {hook!r} on {self.name} ({type(layer).__name__}): no separate MLP module "
             f"(looked for {', '.join(_MLP_NAMES)}); in BERT-style layers the FFN output is fused with "
             "the residual add and LayerNorm, so use hook_resid_post or a module path instead"
+        )
+
+    def _attn_z(self, layer: nn.Module, hook: str) -> tuple[nn.Module, bool]:
+        """Return the module around the attention heads' output z and whether z is its input."""
+        for path, is_input in _Z_MODULES:
+            try:
+                return layer.get_submodule(path), is_input
+            except AttributeError:
+                continue
+        raise ValueError(
+            f"hook {hook!r} on {self.name} ({type(layer).__name__}): no attention output projection found "
+            f"(looked for {', '.join(p for p, _ in _Z_MODULES)}); use a module path instead"
         )
 
     def _hook_error(self, hook: str, why: str, n_layers: int) -> ValueError:
