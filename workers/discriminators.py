@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, DynamicCache
 
-from workers.models import MINILM, load_encoder, load_tokenizer
+from workers.models import MINILM, load_causal_lm, load_encoder, load_tokenizer, resolve_model
 
 LABEL_SLOT = "{label}"
 TEXT_CACHE_SIZE = 200_000  # text embeddings kept per discriminator (~300 MB at d=384)
@@ -42,11 +44,29 @@ class Discriminator(ABC):
     def logits(self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
         """Raw logits [F, n] for labels [F, K, d] against texts `index` [F, n] of the encoded set."""
 
+    pair_batch: int = 1 << 30
+    """(feature, example) pairs per forward pass; bounds memory of models that see each pair"""
+
+    @torch.no_grad()
+    def score(self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
+        """`logits` without gradients, at most `pair_batch` pairs per forward pass."""
+        step = max(1, self.pair_batch // max(index.shape[1], 1))
+        parts = [
+            self.logits(label_embeds[i : i + step], texts, index[i : i + step]) for i in range(0, len(index), step)
+        ]
+        return torch.cat(parts)
+
+    def label_prior(
+        self, vocab: torch.Tensor, texts: object, index: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Log-probabilities [F, V'] the model itself gives each label-vocabulary token in the first label
+        slot after each feature's texts (weighted by `weight` [F, n]); None when it has no such view."""
+        return None
+
     def token_logits(self, token_ids: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
         """Raw logits [F, T, n] of every single-token label in `token_ids` [T] (exhaustive search)."""
         emb = self.embedding_matrix[token_ids][:, None, :]
-        rows = [self.logits(emb, texts, index[f].expand(len(token_ids), -1)) for f in range(len(index))]
-        return torch.stack(rows)
+        return torch.stack([self.score(emb, texts, index[f].expand(len(token_ids), -1)) for f in range(len(index))])
 
 
 class EmbeddingDiscriminator(Discriminator):
@@ -135,16 +155,155 @@ class EmbeddingDiscriminator(Discriminator):
         return torch.einsum("td,fnd->ftn", self._vocab_cache[key], texts[index])
 
 
+TEXT_SLOT = "{text}"
+CAUSAL_TEMPLATE = '{text}\nQuestion: is this text about "{label}"? Answer:'
+
+
+@dataclass
+class PrefixCache:
+    """Key-value caches of the left-padded prompt prefixes (text first), one row per text."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [N, heads, L, d_head]
+    mask: torch.Tensor  # [N, L] 1 on real tokens
+    next_token: torch.Tensor  # [N, vocab] log-probabilities of the token after the prefix
+
+
+class CausalLMDiscriminator(Discriminator):
+    """Any Hugging Face causal LM, prompted with the text first and the label after it.
+
+    The logit is log p(yes) - log p(no) for the token after the prompt. The text prefix is the same at
+    every optimiser step, so its key-value cache is computed once per text; a step runs only the
+    suffix (the K label slots and the question) forward and backward.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        template: str = CAUSAL_TEMPLATE,
+        answers: tuple[str, str] = ("yes", "no"),
+        max_length: int = 64,
+        batch_size: int = 16,
+        pair_batch: int = 4096,
+    ):
+        if (
+            template.count(TEXT_SLOT) != 1
+            or template.count(LABEL_SLOT) != 1
+            or (template.index(TEXT_SLOT) > template.index(LABEL_SLOT))
+        ):
+            raise ValueError(f"causal-LM template {template!r} must hold {TEXT_SLOT} once, then {LABEL_SLOT} once")
+        self.name = model
+        self.template = template
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.pair_batch = pair_batch
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_causal_lm(model)
+        self._embedding = self.model.get_input_embeddings().weight.detach()
+        self._before_text, rest = template.split(TEXT_SLOT)
+        self._before_label, after = rest.split(LABEL_SLOT)
+        self._suffix = torch.tensor(self._ids(after), dtype=torch.long)
+        self._answers = [self._answer_id(a) for a in answers]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _answer_id(self, word: str) -> int:
+        # The answer follows "Answer:", so its spaced form is what the model would write.
+        for form in (f" {word}", word):
+            ids = self._ids(form)
+            if len(ids) == 1:
+                return ids[0]
+        raise ValueError(f"answer word {word!r} is not a single token of {self.name}'s tokenizer")
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self._embedding
+
+    def _limit(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+
+    def check_label_tokens(self, k: int) -> None:
+        prefix = self.max_length + len(self._ids(self._before_text + self._before_label)) + 1
+        n = prefix + k + len(self._suffix)
+        if k < 1 or n > self._limit():
+            raise ValueError(
+                f"label_tokens={k} does not fit {self.name} with template {self.template!r}: "
+                f"need 1 <= K and {n} <= {self._limit()} positions"
+            )
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> PrefixCache:
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        rows = [
+            bos + self._ids(self._before_text) + self._ids(t)[: self.max_length] + self._ids(self._before_label)
+            for t in texts
+        ]
+        width = max(len(r) for r in rows)
+        # Left padding puts every prefix's end at the same position, so one suffix batch continues them all.
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        layers, next_token = [], []
+        for i in range(0, len(rows), self.batch_size):
+            m = mask[i : i + self.batch_size]
+            out = self.model(
+                input_ids=ids[i : i + self.batch_size],
+                attention_mask=m,
+                position_ids=(m.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+            )
+            layers.append([(layer.keys, layer.values) for layer in out.past_key_values.layers])
+            next_token.append(torch.log_softmax(out.logits[:, -1].float(), -1))
+        merged = [
+            (torch.cat([b[j][0] for b in layers]), torch.cat([b[j][1] for b in layers])) for j in range(len(layers[0]))
+        ]
+        return PrefixCache(merged, mask, torch.cat(next_token))
+
+    def logits(self, label_embeds: torch.Tensor, texts: PrefixCache, index: torch.Tensor) -> torch.Tensor:
+        n_feat, n = index.shape
+        flat = index.reshape(-1)
+        suffix = self._embedding[self._suffix].expand(n_feat * n, -1, -1)
+        labels = label_embeds.to(suffix.dtype).repeat_interleave(n, dim=0)
+        inputs = torch.cat([labels, suffix], 1)
+        prefix_mask = texts.mask[flat]
+        mask = torch.cat([prefix_mask, torch.ones(len(flat), inputs.shape[1], dtype=prefix_mask.dtype)], 1)
+        positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(inputs.shape[1])
+        cache = DynamicCache([(k[flat], v[flat]) for k, v in texts.layers])
+        out = self.model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        last = torch.log_softmax(out.logits[:, -1].float(), -1)
+        return (last[:, self._answers[0]] - last[:, self._answers[1]]).view(n_feat, n)
+
+    def label_prior(
+        self, vocab: torch.Tensor, texts: PrefixCache, index: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        log_q = torch.log_softmax(texts.next_token[:, vocab], -1)  # [N, V']
+        w = weight / weight.sum(-1, keepdim=True).clamp(min=1e-12)
+        dense = torch.zeros(len(index), len(log_q)).scatter_add_(1, index, w)
+        return dense @ log_q
+
+
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-DISCRIMINATORS: dict[str, Callable[..., Discriminator]] = {"embedding": EmbeddingDiscriminator}
+DISCRIMINATORS: dict[str, Callable[..., Discriminator]] = {
+    "embedding": EmbeddingDiscriminator,
+    "causal-lm": CausalLMDiscriminator,
+}
 
 
-def load_discriminator(name: str, kind: str = "embedding", **options) -> Discriminator:
-    """Build a discriminator of `kind` around model `name` ("minilm" = the bundled MiniLM)."""
+def discriminator_kind(name: str) -> str:
+    """ "causal-lm" for a model whose config names a causal-LM architecture, else "embedding"."""
+    architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
+    return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
+
+
+def load_discriminator(name: str, kind: str = "auto", template: str | None = None, **options) -> Discriminator:
+    """Build a discriminator around model `name` ("minilm" = the bundled MiniLM); kind auto-detected."""
+    kind = discriminator_kind(name) if kind == "auto" else kind
     if kind not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator kind {kind!r}; expected one of {sorted(DISCRIMINATORS)}")
+    if template is not None:
+        options["template"] = template
     return DISCRIMINATORS[kind](name, **options)

@@ -171,7 +171,7 @@ class Labeler:
     def _scored_row(self, ex: FeatureExamples, search: Search, f: int, batch: FeatureBatch, texts, seconds: float):
         best = search.candidates[:ALTERNATIVES]
         ids = torch.tensor([c[0] for c in best])
-        raw = self.disc.logits(self.disc.embedding_matrix[ids], texts, batch.index[f].expand(len(best), -1)).numpy()
+        raw = self.disc.score(self.disc.embedding_matrix[ids], texts, batch.index[f].expand(len(best), -1)).numpy()
         m = len(ex.texts)
         train = ~ex.test
         alternatives = [

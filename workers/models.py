@@ -3,7 +3,7 @@
 import importlib.util
 import os
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 MINILM = "minilm"
 
@@ -29,6 +29,14 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def load_encoder(name: str) -> PreTrainedModel:
     """Load a frozen model (AutoModel) in eval mode."""
     model = AutoModel.from_pretrained(resolve_model(name))
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_causal_lm(name: str) -> PreTrainedModel:
+    """Load a frozen causal LM (AutoModelForCausalLM) in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name))
     model.eval()
     model.requires_grad_(False)
     return model

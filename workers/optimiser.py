@@ -35,6 +35,8 @@ class OptimiserConfig:
     """softmax temperature T"""
     entropy_weight: float = 0.02
     """weight of the entropy of softmax(v/T), ramped up linearly from 0 over the steps"""
+    naturalness_weight: float = 0.0
+    """weight of the label's surprisal under the discriminator's own next-token distribution (causal LMs)"""
     candidates: int = 10
     """candidates per feature reranked by discrete training AUROC"""
     update: str = "mirror"
@@ -64,12 +66,11 @@ class Search:
     steps: int = 0
 
 
-def balanced_bce(logits: torch.Tensor, positive: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-feature BCE where positives and negatives each weigh one half, whatever their counts."""
+def class_weights(positive: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-example loss weights [F, n]: positives and negatives each weigh one half, whatever their counts."""
     pos = (positive & mask).float()
     neg = (~positive & mask).float()
-    weight = 0.5 * pos / pos.sum(-1, keepdim=True).clamp(min=1) + 0.5 * neg / neg.sum(-1, keepdim=True).clamp(min=1)
-    return (F.binary_cross_entropy_with_logits(logits, pos, reduction="none") * weight).sum(-1)
+    return 0.5 * pos / pos.sum(-1, keepdim=True).clamp(min=1) + 0.5 * neg / neg.sum(-1, keepdim=True).clamp(min=1)
 
 
 class LabelOptimiser:
@@ -104,24 +105,40 @@ class LabelOptimiser:
         log_scale = torch.full((n_feat, 1), 2.0, requires_grad=True)
         bias = torch.zeros(n_feat, 1, requires_grad=True)
         opt = torch.optim.Adam([{"params": [v], "lr": cfg.lr}, {"params": [log_scale, bias], "lr": 0.05}])
+        weight = class_weights(batch.positive, batch.train)
+        # Examples per forward pass, so that memory is bounded by the discriminator's pair budget.
+        cols = max(1, self.disc.pair_batch // n_feat)
+        # Naturalness: the label's surprisal under the model's own next-token distribution at the slot.
+        prior = self.disc.label_prior(self.vocab, texts, batch.index, weight * batch.positive)
         seen: list[set[tuple[int, ...]]] = [set() for _ in range(n_feat)]
         for step in range(cfg.steps):
-            weights = v / cfg.temperature
+            logits = v / cfg.temperature
             if cfg.mode == "st-gumbel":
                 u = torch.rand(v.shape, generator=gen).clamp_(1e-9, 1 - 1e-9)
-                soft = torch.softmax(weights - torch.log(-torch.log(u)), -1)
+                soft = torch.softmax(logits - torch.log(-torch.log(u)), -1)
                 hard = F.one_hot(soft.argmax(-1), n_vocab).to(soft.dtype)
                 mix = hard - soft.detach() + soft
             else:
-                mix = torch.softmax(weights, -1)
+                mix = torch.softmax(logits, -1)
             mix.retain_grad()
-            raw = self.disc.logits(mix @ self.vocab_embeddings, texts, batch.index)
-            prediction = balanced_bce(log_scale.exp() * raw + bias, batch.positive, batch.train)
-            probs = torch.softmax(weights, -1)
-            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
-            loss = prediction + cfg.entropy_weight * (step + 1) / cfg.steps * entropy
+            embeds = mix @ self.vocab_embeddings
             opt.zero_grad()
-            loss.sum().backward()
+            prediction = torch.zeros(n_feat)
+            for c in range(0, batch.index.shape[1], cols):
+                part = slice(c, c + cols)
+                raw = self.disc.logits(embeds, texts, batch.index[:, part])
+                target = (batch.positive[:, part]).float()
+                bce = F.binary_cross_entropy_with_logits(log_scale.exp() * raw + bias, target, reduction="none")
+                loss_part = (bce * weight[:, part]).sum(-1)
+                loss_part.sum().backward(retain_graph=True)
+                prediction += loss_part.detach()
+            probs = torch.softmax(logits, -1)
+            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
+            regular = cfg.entropy_weight * (step + 1) / cfg.steps * entropy
+            surprisal = None if prior is None else -(mix[:, 0] * prior).sum(-1)
+            if surprisal is not None:
+                regular = regular + cfg.naturalness_weight * surprisal
+            regular.sum().backward()
             if cfg.update == "mirror":
                 g = mix.grad
                 with torch.no_grad():
@@ -132,6 +149,13 @@ class LabelOptimiser:
                 # The argmax labels visited late in the descent are candidates too.
                 for f, ids in enumerate(v.detach().argmax(-1).tolist()):
                     seen[f].add(tuple(self.vocab[ids].tolist()))
+        losses = {
+            "loss_prediction": prediction,
+            "loss_entropy": entropy.detach(),
+            "loss_total": prediction + regular.detach(),
+        }
+        if surprisal is not None:
+            losses["loss_naturalness"] = surprisal.detach()
         top = v.detach().topk(min(cfg.candidates, n_vocab), dim=-1).indices  # [F, K, C]
         proposals = []
         for f in range(n_feat):
@@ -144,7 +168,6 @@ class LabelOptimiser:
                     ids[slot] = alt
                     cands.add(tuple(self.vocab[ids].tolist()))
             proposals.append(sorted(cands))
-        losses = {"loss_prediction": prediction.detach(), "loss_entropy": entropy.detach(), "loss_total": loss.detach()}
         return proposals, losses, cfg.steps
 
     @torch.no_grad()
@@ -166,7 +189,7 @@ class LabelOptimiser:
         aucs = torch.empty(len(owner))
         for start in range(0, len(owner), 1024):
             part = slice(start, start + 1024)
-            raw = self.disc.logits(self.disc.embedding_matrix[labels[part]], texts, batch.index[owner[part]])
+            raw = self.disc.score(self.disc.embedding_matrix[labels[part]], texts, batch.index[owner[part]])
             aucs[part] = batched_auc(raw, batch.positive[owner[part]], batch.train[owner[part]])
         ranked: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in proposals]
         for f, ids, auc in zip(owner.tolist(), labels.tolist(), aucs.tolist()):
