@@ -1,0 +1,168 @@
+"""A run as one self-contained static HTML file: summary, searchable sortable feature table, feature cards.
+
+The data travels as compact JSON inside the page; the page's script renders only the visible page of
+rows and the cards opened, so a report of tens of thousands of features stays light in the browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+import math
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from textwrap import shorten
+
+import duckdb
+
+from pipeline.query import has_table, open_run
+from pipeline.show import readable_pieces, token_columns
+
+TOP_CONTEXTS = 5
+NEGATIVES = 2
+NEGATIVE_CHARS = 160  # negatives are shown as plain text, cut to this length
+WINDOW_BEFORE, WINDOW_AFTER = 12, 8  # tokens kept around a context's strongest token
+HIST_BINS = 20
+TEMPLATE = Path(__file__).with_name("report_template.html")
+
+
+def _tuples(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple]:
+    """Result rows as tuples; through Arrow columns, which is several times faster than fetchall for lists."""
+    table = con.sql(sql).to_arrow_table()
+    return zip(*(column.to_pylist() for column in table.columns))
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None or math.isnan(x) else float(f"{x:.{digits}g}")
+
+
+def window(tokens: list[str], acts: list[float], peak: float) -> list:
+    """[pieces joined by U+E000, one shade digit 0-9 per piece] around the context's strongest token."""
+    m = max(range(len(acts)), key=acts.__getitem__)
+    start, stop = max(0, m - WINDOW_BEFORE), min(len(tokens), m + WINDOW_AFTER)
+    pieces = readable_pieces(tokens)[start:stop]
+    levels = [0 if a <= 0 else max(1, min(9, round(9 * a / peak))) for a in acts[start:stop]]
+    if start > 0:
+        pieces, levels = ["…", *pieces], [0, *levels]
+    if stop < len(tokens):
+        pieces, levels = [*pieces, " …"], [*levels, 0]
+    return ["\ue000".join(pieces), "".join(map(str, levels))]
+
+
+def report_data(uri: str) -> dict:
+    """Everything the page shows, as compact JSON-able lists."""
+    con = open_run(uri)
+    if not has_table(con, "labels"):
+        raise ValueError(f"{uri} has no labels yet (labels/*.parquet): the report needs at least one labeled shard")
+    density = "lat.density" if has_table(con, "latents") else "NULL"
+    join = "LEFT JOIN latents lat USING (feature_id)" if has_table(con, "latents") else ""
+    labels = _tuples(
+        con,
+        f"SELECT l.feature_id, l.label, l.score, l.status, l.error, l.alternatives, {density} "
+        f"FROM labels l {join} ORDER BY l.feature_id",
+    )
+    top: dict[int, list] = {}
+    negatives: dict[int, list] = {}
+    if has_table(con, "examples"):
+        detail = token_columns(con)
+        ranked = (
+            "SELECT feature_id, text, activation, {detail} FROM (SELECT *, row_number() OVER "
+            "(PARTITION BY feature_id ORDER BY {order}) AS r FROM examples WHERE {where}) WHERE r <= {n} "
+            "ORDER BY feature_id, r"
+        )
+        for fid, text, act, tokens, token_acts in _tuples(
+            con, ranked.format(detail=detail, order="activation DESC", where="activation > 0", n=TOP_CONTEXTS)
+        ):
+            top.setdefault(fid, []).append((text, act, tokens, token_acts))
+        # hash(text) is a fixed but arbitrary order: a sample of negatives, the same on every build.
+        for fid, text, *_ in _tuples(
+            con, ranked.format(detail="NULL, NULL", order="hash(text)", where="activation <= 0", n=NEGATIVES)
+        ):
+            negatives.setdefault(fid, []).append(shorten(text, NEGATIVE_CHARS, placeholder=" …"))
+
+    features, contexts = [], []
+    for fid, label, score, status, error, alternatives, density in labels:
+        alternatives = [[a["label"], _round(a["score"], 3)] for a in alternatives or []]
+        features.append([fid, label, _round(score), status, _round(density), alternatives, error])
+        feature_top = top.get(fid, [])
+        peak = max((max(t[3]) for t in feature_top if t[3]), default=0.0) or 1.0
+        shown = [
+            [*window(tokens, acts, peak), _round(act, 3)]
+            if tokens and acts
+            else [shorten(text, NEGATIVE_CHARS), "", _round(act, 3)]
+            for text, act, tokens, acts in feature_top
+        ]
+        contexts.append([*shown, negatives.get(fid, [])])
+    return {"uri": uri, "features": features, "contexts": contexts}
+
+
+def summary(features: list[list]) -> dict:
+    """Counts by status, median score and a histogram of scores over [0, 1]."""
+    status = [f[3] for f in features]
+    scores = [f[2] for f in features if f[3] == "ok" and f[2] is not None]
+    hist = [0] * HIST_BINS
+    for s in scores:
+        hist[min(HIST_BINS - 1, max(0, int(s * HIST_BINS)))] += 1
+    return {
+        "features": len(features),
+        "labeled": status.count("ok"),
+        "dead": status.count("dead"),
+        "failed": status.count("failed"),
+        "median": statistics.median(scores) if scores else None,
+        "hist": hist,
+    }
+
+
+def histogram_svg(hist: list[int], width: int = 420, height: int = 110) -> str:
+    """Inline SVG bars of the score histogram over [0, 1]."""
+    top = max(hist) or 1
+    bar = width / len(hist)
+    bars = []
+    for i, n in enumerate(hist):
+        h = (height - 20) * n / top
+        lo = i / len(hist)
+        bars.append(
+            f'<rect x="{i * bar + 1:.1f}" y="{height - 16 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}">'
+            f"<title>{lo:.2f}-{lo + 1 / len(hist):.2f}: {n} features</title></rect>"
+        )
+    ticks = "".join(
+        f'<text x="{x * width:.0f}" y="{height - 2}" text-anchor="middle">{x:g}</text>' for x in (0, 0.5, 1)
+    )
+    return (
+        f'<svg class="hist" viewBox="-10 0 {width + 20} {height}" width="{width + 20}" height="{height}" '
+        f'role="img" aria-label="histogram of held-out scores">{"".join(bars)}{ticks}</svg>'
+    )
+
+
+def render_html(data: dict) -> str:
+    """The report page for `report_data` output."""
+    s = summary(data["features"])
+    median = f"{s['median']:.3f}" if s["median"] is not None else "n/a"
+    cards = [
+        ("features", s["features"]),
+        ("labeled", s["labeled"]),
+        ("dead", s["dead"]),
+        ("failed", s["failed"]),
+        ("median score", median),
+    ]
+    stats = "".join(f'<div class="stat"><b>{v}</b><span>{k}</span></div>' for k, v in cards)
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    # Gzipped and base64-encoded: a third of the size of the JSON; the page inflates it with DecompressionStream.
+    payload = base64.b64encode(gzip.compress(payload, compresslevel=9, mtime=0)).decode()
+    return (
+        TEMPLATE.read_text(encoding="utf-8")
+        .replace("__TITLE__", html.escape(data["uri"]))
+        .replace("__STATS__", stats)
+        .replace("__HIST__", histogram_svg(s["hist"]))
+        .replace("__DATA__", payload)
+    )
+
+
+def write_report(uri: str, out: str) -> int:
+    """Write the report of the run at `uri` to the file `out`; its size in bytes."""
+    page = render_html(report_data(uri))
+    Path(out).write_text(page, encoding="utf-8")
+    return len(page.encode())
