@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all chromium lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/toklabel demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow" -q
 	$(PY) -m pytest -m slow -q
 
 test-all: test
+
+# Headless Chromium for the report's browser test; best effort (root + apt only): the test skips without it.
+chromium:
+	-@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		apt-get install -y -qq chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline workers tests bench data

@@ -33,11 +33,21 @@ class HarvestActor:
     """Subject model + SAE; harvests corpus chunks."""
 
     def __init__(
-        self, model: str, hook: str, sae_path: str, context_length: int, top_k: int, batch_size: int, cpus: float
+        self,
+        model: str,
+        hook: str,
+        sae_path: str,
+        context_length: int,
+        top_k: int,
+        batch_size: int,
+        cpus: float,
+        sample_size: int = 0,
+        seed: int = 0,
     ):
         _use_cpus(cpus)
-        sae = load_sae(sae_path)
-        self.harvester = Harvester(SubjectModel.load(model, hook), sae, context_length, top_k, batch_size)
+        sae = load_sae(sae_path, model_name=model, hook_name=hook)
+        subject = SubjectModel.load(model, hook)
+        self.harvester = Harvester(subject, sae, context_length, top_k, batch_size, sample_size, seed)
 
     def harvest(self, texts: list[str], first_id: int, pool: np.ndarray) -> Harvest:
         return self.harvester.harvest(texts, first_id, pool)
@@ -69,14 +79,22 @@ class LabelActor:
         examples = self.store.read_table("examples", shard.name)
         examples = examples.filter(pc.is_in(examples["feature_id"], value_set=pa.array(shard.feature_ids, pa.int64())))
         table = self.labeler.label(examples, list(shard.feature_ids))
+        seconds = time.perf_counter() - t0
+        # Where and how long each shard ran, kept with its rows (the labeler itself knows nothing of shards).
+        n = table.num_rows
+        table = (
+            table.append_column("shard", pa.array([shard.name] * n, pa.string()))
+            .append_column("worker", pa.array([self.worker] * n, pa.string()))
+            .append_column("shard_seconds", pa.array([seconds] * n, pa.float64()))
+        )
         self.store.write_table("labels", shard.name, table)
         status = table.column("status").to_pylist()
         return {
             "shard": shard.name,
-            "rows": table.num_rows,
+            "rows": n,
             "ok": status.count("ok"),
             "dead": status.count("dead"),
             "failed": status.count("failed"),
-            "seconds": time.perf_counter() - t0,
+            "seconds": seconds,
             "worker": self.worker,
         }

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import duckdb
 import yaml
 
-from pipeline import driver
+from pipeline import driver, export, report, show
 from pipeline.config import DEMO_CONFIG, RunConfig
 from pipeline.progress import format_seconds
-from pipeline.query import RunNotFound, format_table, is_complete, query
+from pipeline.query import FORMATS, RunNotFound, format_table, is_complete, query, write_result
 
 OVERRIDABLE = [f for f in dataclasses.fields(RunConfig) if f.name not in ("extra", "out")]
 
@@ -82,10 +83,58 @@ def cmd_label(args) -> None:
     print(summary(driver.label_examples(args.examples, config, args.address)))
 
 
+def cmd_status(args) -> None:
+    from pipeline.status import format_status, run_status
+
+    print(format_status(run_status(args.uri)))
+
+
+def cmd_submit(args) -> None:
+    from pipeline import submit
+
+    config = RunConfig.from_yaml(args.config, out=args.out, **overrides(args))
+    jobs, job_id = submit.submit(config, args.address, forward_credentials=args.forward_credentials)
+    print(job_id)
+    if args.follow:
+        status = submit.follow(jobs, job_id)
+        print(f"job {job_id}: {status}", file=sys.stderr)
+        if status != "SUCCEEDED":
+            raise ValueError(f"job {job_id} ended {status}")
+
+
+def warn_if_partial(uri: str) -> None:
+    if not is_complete(uri):
+        print(f"warning: {uri} has no manifest: the run is unfinished, results are partial", file=sys.stderr)
+
+
 def cmd_query(args) -> None:
-    if not is_complete(args.uri):
-        print(f"warning: {args.uri} has no manifest: the run is unfinished, results are partial", file=sys.stderr)
-    print(format_table(query(args.uri, args.sql), max_width=args.max_width))
+    if args.format == "parquet" and not args.output:
+        raise ValueError("--format parquet writes a file: give one with -o FILE")
+    result = query(args.uri, args.sql)
+    warn_if_partial(args.uri)
+    write_result(result, args.format, args.output, max_width=args.max_width)
+
+
+def cmd_show(args) -> None:
+    feature = show.load_feature(args.uri, args.feature_id, top=args.top)
+    warn_if_partial(args.uri)
+    color = sys.stdout.isatty() if args.color == "auto" else args.color == "always"
+    print(show.render(feature, color=color))
+
+
+def cmd_report(args) -> None:
+    size = report.write_report(args.uri, args.output)
+    warn_if_partial(args.uri)
+    print(f"wrote {args.output} ({size / 1e6:.2f} MB)")
+
+
+def cmd_export(args) -> None:
+    if args.target == "neuronpedia":
+        n = export.write_neuronpedia(args.uri, args.output, model_id=args.model_id, source=args.source)
+    else:
+        n = export.write_delphi(args.uri, args.output, module=args.module)
+    warn_if_partial(args.uri)
+    print(f"exported {n} labeled features" + (f" to {args.output}" if args.output else ""), file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -119,8 +168,57 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="SQL over a run's tables labels, examples and latents")
     q.add_argument("uri", help="run directory or s3:// URI")
     q.add_argument("sql", help='e.g. "SELECT feature_id, label, score FROM labels ORDER BY score DESC LIMIT 20"')
-    q.add_argument("--max-width", type=int, default=60, help="cut cells longer than this")
+    q.add_argument("--max-width", type=int, default=60, help="cut cells longer than this (table format)")
+    q.add_argument(
+        "--format", choices=FORMATS, default="table", help="table (default), csv, json (one object per line), parquet"
+    )
+    q.add_argument("-o", "--output", default=None, help="write to this file instead of stdout (needed for parquet)")
     q.set_defaults(func=cmd_query)
+
+    sh = sub.add_parser("show", help="one feature: label, alternatives, score, density, top contexts")
+    sh.add_argument("uri", help="run directory or s3:// URI")
+    sh.add_argument("feature_id", type=int, help="feature id")
+    sh.add_argument("--top", type=int, default=8, help="top activating contexts to show")
+    sh.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="shade tokens (auto: on a tty)"
+    )
+    sh.set_defaults(func=cmd_show)
+
+    rep = sub.add_parser("report", help="static HTML report of a run (one self-contained file)")
+    rep.add_argument("uri", help="run directory or s3:// URI")
+    rep.add_argument("-o", "--output", required=True, help="HTML file to write")
+    rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="labels out to other tools")
+    targets = ex.add_subparsers(dest="target", required=True)
+    np_ = targets.add_parser("neuronpedia", help="Neuronpedia explanation JSONL")
+    np_.add_argument("uri", help="run directory or s3:// URI")
+    np_.add_argument("-o", "--output", default=None, help="JSONL file (default: stdout)")
+    np_.add_argument("--model-id", default=None, help="Neuronpedia model id (default: the run's subject model)")
+    np_.add_argument("--source", default=None, help="Neuronpedia source id, e.g. 3-res-topk (default: from the hook)")
+    np_.set_defaults(func=cmd_export)
+    de = targets.add_parser("delphi", help="delphi's explanations/ folder")
+    de.add_argument("uri", help="run directory or s3:// URI")
+    de.add_argument("-o", "--output", required=True, help="delphi run folder; files go to OUTPUT/explanations/")
+    de.add_argument("--module", default=None, help="module name in the file names (default: the run's hook)")
+    de.set_defaults(func=cmd_export)
+
+    st = sub.add_parser("status", help="shards planned / done / pending / failed and features labeled")
+    st.add_argument("uri", help="run directory or s3:// URI")
+    st.set_defaults(func=cmd_status)
+
+    sm = sub.add_parser("submit", help="run a config as a Ray Job on a running cluster")
+    sm.add_argument("config", help="run config YAML")
+    sm.add_argument("--address", required=True, help="the cluster's dashboard, like http://HOST:8265")
+    sm.add_argument("--out", default=None, help="run directory or s3:// URI (overrides the config)")
+    sm.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    sm.add_argument(
+        "--forward-credentials",
+        action="store_true",
+        help="pass this shell's AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY to the job (default: the cluster's own)",
+    )
+    add_config_flags(sm)
+    sm.set_defaults(func=cmd_submit)
     return p
 
 
@@ -131,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RunNotFound, duckdb.Error) as err:
         print(f"toklabel {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader closed the pipe (`toklabel query ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

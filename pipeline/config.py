@@ -23,9 +23,9 @@ class RunConfig:
     out: str
     """run directory (local path) or s3://bucket/prefix"""
     sae: str | None = None
-    """SAE folder (SAELens: cfg.json + sae_weights.safetensors); needed to harvest"""
+    """SAE folder or file: SAELens, EleutherAI sparsify (a layer folder) or Gemma Scope params.npz; needed to harvest"""
     corpus: str | None = None
-    """.txt (a document per line) / .jsonl / .parquet with a text column; needed to harvest"""
+    """.txt (a document per line) / .jsonl / .parquet with a text column, or hf:NAME[:CONFIG][:SPLIT]"""
     model: str | None = None
     """subject model the SAE was trained on; "minilm" = the bundled MiniLM; default: the SAE's own"""
     hook: str | None = None
@@ -40,19 +40,32 @@ class RunConfig:
     """st-gumbel | soft | exhaustive"""
     steps: int = 100
     """gradient steps per batch of features"""
-    template: str = "{label}"
-    """text around the label slot given to the discriminator"""
+    template: str | None = None
+    """prompt around the label slot: "{label}" for embedding models, text first then label for causal LMs
+    (default: the discriminator's own)"""
+    naturalness_weight: float = 0.0
+    """weight of the label's surprisal under a causal-LM discriminator's own next-token distribution"""
     seed: int = 0
     text_column: str = "text"
     """column holding the text in .jsonl / .parquet corpora"""
     max_contexts: int | None = None
     """use at most this many documents of the corpus (its first ones)"""
     context_length: int = 64
-    """tokens per context; longer documents are truncated"""
+    """tokens per context; longer documents are truncated (or cut, with split_documents)"""
+    split_documents: bool = False
+    """cut long documents into consecutive contexts of context_length tokens instead of truncating them"""
+    min_context_tokens: int | None = None
+    """drop contexts with fewer tokens than this; a run whose corpus has none that long is refused"""
     top_k: int = 40
     """top-activating contexts kept per feature"""
+    quantile_bins: int = 5
+    """activation-quantile examples: (0, max] of each feature split into this many equal bins; 0 = none"""
+    quantile_per_bin: int = 2
+    """contexts sampled per quantile bin (seeded, uniform among the feature's active contexts in the bin)"""
     random_negatives: int = 40
     """random non-activating contexts kept per feature"""
+    hard_negatives: int = 0
+    """non-activating pool contexts nearest (MiniLM embedding) to a feature's top contexts, per feature"""
     negative_pool: int = 4096
     """contexts sampled once per run, from which each feature's random negatives are drawn"""
     test_fraction: float = 0.3
@@ -80,6 +93,14 @@ class RunConfig:
             (self.top_k >= 1, "top_k", "at least 1"),
             (self.random_negatives >= 1, "random_negatives", "at least 1"),
             (self.context_length >= 2, "context_length", "at least 2"),
+            (self.quantile_bins >= 0, "quantile_bins", "0 or more"),
+            (self.quantile_per_bin >= 0, "quantile_per_bin", "0 or more"),
+            (self.hard_negatives >= 0, "hard_negatives", "0 or more"),
+            (
+                self.min_context_tokens is None or 1 <= self.min_context_tokens <= self.context_length,
+                "min_context_tokens",
+                f"between 1 and context_length={self.context_length}",
+            ),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -130,7 +151,13 @@ class RunConfig:
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
     def optimiser_config(self) -> OptimiserConfig:
-        return OptimiserConfig(mode=self.optimiser, label_tokens=self.label_tokens, steps=self.steps, seed=self.seed)
+        return OptimiserConfig(
+            mode=self.optimiser,
+            label_tokens=self.label_tokens,
+            steps=self.steps,
+            seed=self.seed,
+            naturalness_weight=self.naturalness_weight,
+        )
 
 
 def parse_features(spec: str | int | list[int], n_latents: int) -> list[int]:

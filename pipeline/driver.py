@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
@@ -16,11 +17,23 @@ from pipeline.actors import HarvestActor, LabelActor
 from pipeline.config import RunConfig, parse_features
 from pipeline.plan import Shard, chunks, plan_shards
 from pipeline.progress import Progress
-from pipeline.storage import CONFIG, MANIFEST, RunStore
-from workers.corpus import read_corpus
-from workers.harvest import Harvest, examples_table, latents_table, negative_pool
+from pipeline.storage import CONFIG, FAILURES, MANIFEST, PLAN, RunStore, storage_env
+from workers.corpus import make_contexts, read_corpus
+from workers.harvest import (
+    SAMPLE_OVERSAMPLING,
+    Harvest,
+    examples_table,
+    hard_negative_ids,
+    latents_table,
+    negative_pool,
+)
 from workers.labeler import check_examples
+from workers.models import load_tokenizer
 from workers.sae import load_sae
+from workers.subject import check_hook
+
+# A shard whose task died this many times (actor killed, node lost, error) is recorded as failed.
+MAX_ATTEMPTS = 4
 
 
 @dataclass
@@ -29,6 +42,7 @@ class RunResult:
     features: int
     seconds: dict[str, float] = field(default_factory=dict)
     labeled: int = 0
+    failed_shards: list[str] = field(default_factory=list)
 
 
 def connect(address: str | None = None) -> bool:
@@ -44,13 +58,19 @@ def _actor_count(requested: int | None) -> tuple[int, float, float]:
     """(actors, CPUs each, GPUs each): one per GPU where there are GPUs, else one per 2 CPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = ray.cluster_resources().get("CPU", 1)
+    # An actor lives on one node: never ask for more CPUs than the largest node has.
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
     n = requested or gpus or max(1, int(cpus // 2))
-    return n, max(1.0, cpus // n), 1.0 if gpus else 0.0
+    return n, max(1.0, min(cpus // n, node_cpus)), 1.0 if gpus else 0.0
 
 
 def prepare_store(config: RunConfig) -> RunStore:
-    """The run's storage; refuse to mix results of another config into an existing run."""
+    """The run's storage, checked writable; refuse to mix results of another config into an existing run.
+
+    Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
+    """
     store = RunStore(config.out)
+    store.check_writable()
     if store.exists(CONFIG):
         source = f"{config.out}/{CONFIG}"
         old = RunConfig.from_dict(yaml.safe_load(store.read_text(CONFIG)), source=source)
@@ -59,8 +79,15 @@ def prepare_store(config: RunConfig) -> RunStore:
                 f"{config.out} already holds a run with another configuration (hash {old.hash()}, "
                 f"this one {config.hash()}); choose another --out or delete the old run"
             )
-    store.write_text(CONFIG, config.to_yaml())
     return store
+
+
+def write_plan(store: RunStore, config: RunConfig, shards: list[Shard]) -> None:
+    """The config and the shards this run will write, once its inputs passed every check
+    (`toklabel status` tells pending from done by the plan)."""
+    store.write_text(CONFIG, config.to_yaml())
+    plan = {"config_hash": config.hash(), "shards": {s.name: len(s.feature_ids) for s in shards}}
+    store.write_json(PLAN, plan)
 
 
 def run(config: RunConfig, address: str | None = None) -> RunResult:
@@ -70,25 +97,32 @@ def run(config: RunConfig, address: str | None = None) -> RunResult:
             raise ValueError(f"config key {key!r} is required to run (harvest needs an SAE and a corpus)")
     t0 = time.perf_counter()
     # Everything cheap and checkable happens before Ray starts or a model loads.
-    sae = load_sae(config.sae)
+    store = prepare_store(config)
+    sae = load_sae(config.sae, model_name=config.model, hook_name=config.hook)
     model = config.model or sae.cfg.model_name
     hook = config.hook or sae.cfg.hook_name
     if not model or not hook:
         raise ValueError(f"config: set 'model' and 'hook'; the SAE at {config.sae} does not name them")
+    check_hook(model, hook, sae.cfg.d_in)
     texts = read_corpus(config.corpus, config.text_column, config.max_contexts)
+    if config.split_documents or config.min_context_tokens:
+        texts = make_contexts(
+            texts, load_tokenizer(model), config.context_length, config.split_documents, config.min_context_tokens
+        )
     feature_ids = parse_features(config.features, sae.cfg.d_sae)
     shards = plan_shards(feature_ids, config.shard_size)
-    store = prepare_store(config)
+    write_plan(store, config, shards)
     started = connect(address)
     try:
         result = RunResult(config.out, len(feature_ids))
-        missing = [s for s in shards if s.name not in set(store.list("examples"))]
+        written = set(store.list("examples"))
+        missing = [s for s in shards if s.name not in written]
         if missing:
             h = harvest(config, model, hook, texts)
             write_examples(store, h, missing, texts, config)
         result.seconds["harvest"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        result.labeled = label_shards(store, config, shards)
+        result.labeled, result.failed_shards = label_shards(store, config, shards)
         result.seconds["label"] = time.perf_counter() - t1
         write_manifest(store, config, shards, result, extra={"model": model, "hook": hook, "contexts": len(texts)})
         return result
@@ -98,11 +132,19 @@ def run(config: RunConfig, address: str | None = None) -> RunResult:
 
 
 def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harvest:
-    """Per-latent top-k and pool activations over the corpus, sharded by chunk across Ray actors."""
+    """Per-latent top-k, quantile sample and pool firing over the corpus, sharded by chunk across Ray actors."""
     n_actors, cpus, gpus = _actor_count(config.actors)
     actors = [
         HarvestActor.options(num_cpus=cpus, num_gpus=gpus).remote(
-            model, hook, config.sae, config.context_length, config.top_k, config.harvest_batch, cpus
+            model,
+            hook,
+            config.sae,
+            config.context_length,
+            config.top_k,
+            config.harvest_batch,
+            cpus,
+            config.quantile_bins * config.quantile_per_bin * SAMPLE_OVERSAMPLING,
+            config.seed,
         )
         for _ in range(n_actors)
     ]
@@ -132,49 +174,90 @@ def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harve
 
 
 def write_examples(store: RunStore, h: Harvest, shards: list[Shard], texts: list[str], config: RunConfig) -> None:
+    """Per shard: the latents table and the examples (top, quantile, random and optional hard negatives)."""
+    embed = None
+    if config.hard_negatives:
+        from workers.discriminators import load_discriminator  # loads MiniLM only when hard negatives are asked for
+
+        embed = load_discriminator("minilm").encode_texts
     for shard in shards:
         ids = list(shard.feature_ids)
+        hard = hard_negative_ids(h, ids, texts, config.hard_negatives, embed) if embed else None
+        table = examples_table(
+            h, ids, texts, config.random_negatives, config.seed, config.quantile_bins, config.quantile_per_bin, hard
+        )
         store.write_table("latents", shard.name, latents_table(h, ids))
-        store.write_table("examples", shard.name, examples_table(h, ids, texts, config.random_negatives, config.seed))
+        store.write_table("examples", shard.name, table)
 
 
-def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> int:
-    """Label every shard without a labels file, on a pool of actors; the features now labeled."""
+def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tuple[int, list[str]]:
+    """Label every shard without a labels file on a pool of actors; (features labeled, failed shards).
+
+    An actor that dies (process killed, node lost) is restarted by Ray, which reruns its shard there. A shard
+    whose task still fails (an error, or its actor dying every time) goes back into the queue, up to
+    MAX_ATTEMPTS times, then is recorded as failed. Each shard's labels file is written whole under its
+    deterministic name, so a rerun shard never doubles its rows.
+    """
     done = set(store.list("labels"))
     todo = [s for s in shards if s.name not in done]
-    total = sum(len(s.feature_ids) for s in shards)
     if not todo:
-        return total
+        return sum(len(s.feature_ids) for s in shards), []
     n_actors, cpus, gpus = _actor_count(config.actors)
-    n_actors = min(n_actors, len(todo))
-    actors = [
-        LabelActor.options(num_cpus=cpus, num_gpus=gpus).remote(
-            config.out,
-            config.discriminator,
-            config.template,
-            config.optimiser_config(),
-            config.features_per_batch,
-            config.test_fraction,
-            config.hash(),
-            cpus,
-        )
-        for _ in range(n_actors)
-    ]
+    options = {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        # Ray restarts a dead actor and reruns its task there (tasks sent while it restarts wait for it).
+        "max_restarts": -1,
+        "max_task_retries": MAX_ATTEMPTS - 1,
+        "runtime_env": {"env_vars": storage_env(config.out)},
+    }
+    args = (
+        config.out,
+        config.discriminator,
+        config.template,
+        config.optimiser_config(),
+        config.features_per_batch,
+        config.test_fraction,
+        config.hash(),
+        cpus,
+    )
+    actors = [LabelActor.options(**options).remote(*args) for _ in range(min(n_actors, len(todo)))]
     progress = Progress(sum(len(s.feature_ids) for s in todo), "label", "features")
-    queue = list(todo)
+    queue = deque(todo)
+    attempts: Counter[str] = Counter()
+    failed: list[str] = []
     pending = {}
+
+    def submit(actor) -> None:
+        if queue:
+            shard = queue.popleft()
+            pending[actor.label_shard.remote(shard)] = (actor, shard)
+
     for actor in actors:
-        pending[actor.label_shard.remote(queue.pop(0))] = actor
+        submit(actor)
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
-        actor = pending.pop(ref)
-        info = ray.get(ref)
-        progress.update(info["rows"])
-        if queue:
-            pending[actor.label_shard.remote(queue.pop(0))] = actor
+        actor, shard = pending.pop(ref)
+        try:
+            info = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            attempts[shard.name] += 1
+            reason = str(err).strip().splitlines()[0]
+            if attempts[shard.name] < MAX_ATTEMPTS:
+                print(f"label: shard {shard.name} lost ({reason}); retrying", file=sys.stderr)
+                queue.append(shard)
+            else:
+                print(f"label: shard {shard.name} failed {MAX_ATTEMPTS} times; giving up: {reason}", file=sys.stderr)
+                failed.append(shard.name)
+                store.write_json(f"{FAILURES}/{shard.name}.json", {"attempts": MAX_ATTEMPTS, "error": str(err)})
+        else:
+            store.delete(f"{FAILURES}/{shard.name}.json")
+            progress.update(info["rows"])
+        submit(actor)
     for actor in actors:
         ray.kill(actor)
-    return total
+    labeled = sum(len(s.feature_ids) for s in shards if s.name not in failed)
+    return labeled, failed
 
 
 def _versions() -> dict[str, str]:
@@ -197,6 +280,7 @@ def write_manifest(store: RunStore, config: RunConfig, shards: list[Shard], resu
         "config_hash": config.hash(),
         "shards": [s.name for s in shards],
         "features": result.features,
+        "failed_shards": result.failed_shards,
         "tables": tables,
         "seconds": result.seconds,
         "versions": _versions(),
@@ -207,21 +291,35 @@ def write_manifest(store: RunStore, config: RunConfig, shards: list[Shard], resu
 
 
 def label_examples(examples_path: str, config: RunConfig, address: str | None = None) -> RunResult:
-    """Label the features of a user's examples table (Parquet file or folder); the same run layout."""
+    """Label the features of a user's examples table (Parquet file or folder); the same run layout.
+
+    The table is never read whole: one pass over its feature_id column, then one filtered read per shard
+    (fast when the table is sorted by feature_id, as harvest output is: row groups are skipped by their statistics).
+    """
     t0 = time.perf_counter()
-    table = ds.dataset(examples_path, format="parquet").to_table()
-    check_examples(table)
-    feature_ids = sorted(set(table.column("feature_id").to_pylist()))
-    shards = plan_shards(feature_ids, config.shard_size)
+    dataset = ds.dataset(examples_path, format="parquet")
+    check_examples(dataset.schema.empty_table())
     store = prepare_store(config)
-    fids = table.column("feature_id").to_numpy()
+    ids: set[int] = set()
+    for batch in dataset.to_batches(columns=["feature_id"]):
+        ids.update(batch.column(0).unique().to_pylist())
+    if not ids:
+        raise ValueError(f"examples table {examples_path} has no rows")
+    feature_ids = sorted(ids)
+    del ids
+    shards = plan_shards(feature_ids, config.shard_size)
+    write_plan(store, config, shards)
+    written = set(store.list("examples"))
+    fid = ds.field("feature_id")
     for shard in shards:
-        if shard.name not in set(store.list("examples")):
-            store.write_table("examples", shard.name, table.filter((fids >= shard.first) & (fids <= shard.last)))
+        if shard.name not in written:
+            part = dataset.to_table(filter=(fid >= shard.first) & (fid <= shard.last))
+            check_examples(part)
+            store.write_table("examples", shard.name, part)
     started = connect(address)
     try:
         result = RunResult(config.out, len(feature_ids))
-        result.labeled = label_shards(store, config, shards)
+        result.labeled, result.failed_shards = label_shards(store, config, shards)
         result.seconds["label"] = time.perf_counter() - t0
         write_manifest(store, config, shards, result, extra={"examples": str(examples_path)})
         return result

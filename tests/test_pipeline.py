@@ -63,7 +63,8 @@ def test_run_writes_the_layout_and_resumes(ray_session, tiny_sae_dir, corpus, tm
 
 
 def test_other_config_into_the_same_run_is_refused(ray_session, tiny_sae_dir, corpus, tmp_path):
-    driver.prepare_store(small_config(tiny_sae_dir, corpus, tmp_path))
+    config = small_config(tiny_sae_dir, corpus, tmp_path)
+    driver.write_plan(driver.prepare_store(config), config, [])
     with pytest.raises(ValueError, match="another configuration"):
         driver.prepare_store(small_config(tiny_sae_dir, corpus, tmp_path, seed=1))
 
@@ -84,6 +85,12 @@ def test_label_command_and_query(ray_session, tiny_sae_dir, corpus, tmp_path, ca
     assert "feature_id" in capsys.readouterr().out
     assert main(["query", str(out), "SELEC nonsense"]) == 2
     assert "Parser Error" in capsys.readouterr().err
+
+
+def test_refused_run_leaves_no_config_behind(tiny_sae_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="features"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path, features="0-4000"))
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_bad_inputs_fail_before_work(tmp_path, capsys):
