@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all chromium lint bench clean
+.PHONY: demo test chromium lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/toklabel demo
 
+# The fast suite first, then the slow end-to-end and cluster tests.
 test: $(STAMP) chromium
 	$(PY) -m pytest -m "not slow" -q
 	$(PY) -m pytest -m slow -q
-
-test-all: test
 
 # Headless Chromium for the report's browser test; best effort (root + apt only): the test skips without it.
 chromium:
