@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +26,7 @@ WORKING_DIR_LIMIT = 100 * 2**20
 # Variables that say where object storage is, never secrets: forwarded to the job when set here.
 FORWARDED = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
 CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+AGENT_WAIT_S = 120  # how long to wait for a freshly started head's job agent
 
 
 def auth_token() -> str | None:
@@ -101,12 +103,20 @@ def submit(config: RunConfig, address: str, forward_credentials: bool = False) -
     token = auth_token()
     with _explained(address):
         jobs = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"} if token else None)
-        job_id = jobs.submit_job(
-            entrypoint="python -m pipeline.submit",
-            runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env},
-            metadata={"toklabel_out": cfg.out, "config_hash": cfg.hash()},
-        )
-    return jobs, job_id
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = jobs.submit_job(
+                    entrypoint="python -m pipeline.submit",
+                    runtime_env={"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env},
+                    metadata={"toklabel_out": cfg.out, "config_hash": cfg.hash()},
+                )
+                return jobs, job_id
+            except RuntimeError as err:
+                # A head that has just started answers this until its job agent is up.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
 
 def follow(jobs, job_id: str) -> str:

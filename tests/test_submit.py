@@ -69,18 +69,22 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_submit_needs_the_clusters_token(ray_head, tmp_path, monkeypatch, capsys):
+def test_submit_needs_the_clusters_token(ray_head, tmp_path):
     address, _ = ray_head
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"out": str(tmp_path / "out")}))
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
-    assert main(["submit", str(config), "--address", address]) == 2
-    assert "requires an auth token and none was found" in capsys.readouterr().err
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
-    assert main(["submit", str(config), "--address", address]) == 2
-    assert "refused the auth token" in capsys.readouterr().err
+    # A fresh process each time: Ray keeps a token it has read once for the life of the process.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token
+    command = [str(BIN / "toklabel"), "submit", str(config), "--address", address]
+    none = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert none.returncode == 2
+    assert "requires an auth token and none was found" in none.stderr
+    wrong = subprocess.run(
+        command, env={**env, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True, timeout=120
+    )
+    assert wrong.returncode == 2
+    assert "refused the auth token" in wrong.stderr
 
 
 @pytest.mark.slow
