@@ -69,7 +69,8 @@ def _explained(address: str):
         yield
     except Exception as err:  # the SDK raises bare RuntimeError / ConnectionError subclasses
         text = str(err)
-        if "401" in text or "Authentication required" in text:
+        # The SDK raises AuthenticationError itself when auth is on and it finds no token anywhere.
+        if "401" in text or "Authentication required" in text or "couldn't find an authentication token" in text:
             raise ValueError(
                 f"the Ray cluster at {address} requires an auth token and none was found: set RAY_AUTH_TOKEN, "
                 "or RAY_AUTH_TOKEN_PATH, or write it to ~/.ray/auth_token (`ray get-auth-token` on the head node)"

@@ -52,6 +52,11 @@ def ray_head():
         f"--dashboard-port={dashboard}",
         "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={free_port()}",
+        # Ports of its own: a Ray already running on this machine holds the defaults (the job agent's above all).
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         "--num-cpus=2",
         "--include-dashboard=true",
         f"--temp-dir={temp}",
