@@ -13,7 +13,7 @@ import yaml
 from pipeline import driver, export, report, show
 from pipeline.config import DEMO_CONFIG, RunConfig
 from pipeline.progress import format_seconds
-from pipeline.query import FORMATS, RunNotFound, format_table, is_complete, query, write_result
+from pipeline.query import FORMATS, RunNotFound, format_table, is_complete, open_run, query, write_result
 
 OVERRIDABLE = [f for f in dataclasses.fields(RunConfig) if f.name not in ("extra", "out")]
 
@@ -33,15 +33,15 @@ def overrides(args: argparse.Namespace) -> dict:
 
 def summary(result: driver.RunResult) -> str:
     """Counts, speed, median score and ten sample labels of a finished run."""
-    rows = query(result.uri, "SELECT status, count(*) AS n FROM labels GROUP BY status").to_pylist()
+    run = open_run(result.uri)  # one connection (one listing of the run's files) for the three queries
+    rows = run.sql("SELECT status, count(*) AS n FROM labels GROUP BY status").to_arrow_table().to_pylist()
     counts = {r["status"]: r["n"] for r in rows}
     ok = counts.get("ok", 0)
-    median = query(result.uri, "SELECT median(score) AS m FROM labels WHERE status = 'ok'").column("m")[0].as_py()
-    sample = query(
-        result.uri,
+    median = run.sql("SELECT median(score) AS m FROM labels WHERE status = 'ok'").fetchall()[0][0]
+    sample = run.sql(
         "SELECT feature_id, label, round(score, 3) AS score, alternatives[2].label AS runner_up "
-        "FROM labels WHERE status = 'ok' ORDER BY hash(feature_id) LIMIT 10",
-    )
+        "FROM labels WHERE status = 'ok' ORDER BY hash(feature_id) LIMIT 10"
+    ).to_arrow_table()
     label_s = result.seconds.get("label", 0.0)
     rate = f"{ok / label_s * 60:.1f}" if label_s > 0 else "n/a"
     median_text = f"{median:.3f}" if median is not None else "n/a"

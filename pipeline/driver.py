@@ -152,22 +152,24 @@ def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harve
     pieces = chunks(len(texts), config.harvest_chunk)
     progress = Progress(len(texts), "harvest", "contexts")
     pending = {}
-    queue = list(pieces)
+    queue = deque(pieces)
     total: Harvest | None = None
+
+    def submit(actor) -> None:
+        if queue:
+            start, stop = queue.popleft()
+            pending[actor.harvest.remote(texts[start:stop], start, pool)] = (actor, stop - start)
+
     for actor in actors:
         for _ in range(2):  # two chunks in flight per actor keep it busy while the driver merges
-            if queue:
-                start, stop = queue.pop(0)
-                pending[actor.harvest.remote(texts[start:stop], start, pool)] = (actor, stop - start)
+            submit(actor)
     while pending:
         [ref], _ = ray.wait(list(pending), num_returns=1)
         actor, n = pending.pop(ref)
         part = ray.get(ref)
         total = part if total is None else total.merge(part)
         progress.update(n)
-        if queue:
-            start, stop = queue.pop(0)
-            pending[actor.harvest.remote(texts[start:stop], start, pool)] = (actor, stop - start)
+        submit(actor)
     for actor in actors:
         ray.kill(actor)
     return total
