@@ -37,8 +37,9 @@ def run_case(n_latents: int, n_tokens: int, length: int, batch: int, k: int) -> 
     from workers.subject import SubjectModel
 
     subject = SubjectModel.load("minilm", HOOK)
-    # Every 7th document mixes the corpus' sources (WordNet glosses, Chinese poems) in the first contexts.
-    docs = read_corpus(str(DEMO_CORPUS))[::7]
+    # Every 7th document first, then the next 7th: the corpus' sources (examples, glosses, poems) mix from the start.
+    corpus = read_corpus(str(DEMO_CORPUS))
+    docs = [doc for offset in range(7) for doc in corpus[offset::7]]
     texts, tokens = [], 0
     for start in range(0, len(docs), 2000):
         contexts = make_contexts(docs[start : start + 2000], subject.tokenizer, length, split_documents=True)

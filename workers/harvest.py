@@ -10,7 +10,7 @@ any sharding gives the same result as one pass.
 
 Memory is bounded by the dictionary size, never by the corpus: the reservoirs hold
 L x (top_k + sample) x context_length float16 values, the pool one bit per (pool context, latent), and a
-batch is encoded in groups small enough that group x context_length x L float32 stays near 32 MiB.
+batch is encoded in groups small enough that group x longest context x L float32 stays near 32 MiB.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ LATENTS_SCHEMA = pa.schema(
 GROUP_VALUES = 1 << 23
 # The quantile reservoir holds this many times the quantile examples asked for, so bins can be filled.
 SAMPLE_OVERSAMPLING = 2
+# Token strings of contexts no reservoir keeps are dropped every this many batches, so they never pile up.
+PRUNE_EVERY = 32
 _NO_CTX = np.iinfo(np.int64).max
 
 
@@ -196,7 +198,6 @@ class Harvester:
         self.batch_size = batch_size
         self.sample_size = sample_size
         self.seed = seed
-        self.group = max(1, GROUP_VALUES // (context_length * sae.cfg.d_sae))
 
     @torch.no_grad()
     def harvest(self, texts: list[str], first_id: int, pool: np.ndarray) -> Harvest:
@@ -204,9 +205,11 @@ class Harvester:
         total = Harvest.empty(self.sae.cfg.d_sae, self.k, self.length, self.sample_size)
         # Batches of similar length waste little compute on padding; the result is order-independent.
         order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
+        for n, start in enumerate(range(0, len(texts), self.batch_size), 1):
             picked = order[start : start + self.batch_size]
             self._batch(total, [texts[i] for i in picked], first_id + picked, pool)
+            if n % PRUNE_EVERY == 0:
+                total.prune_tokens()
         total.prune_tokens()
         return total
 
@@ -218,9 +221,12 @@ class Harvester:
         total.tokens.update({int(c): t[: self.length] for c, t in zip(ids, tokens)})
         in_pool = np.isin(ids, pool)
         total.pool_ctx = np.concatenate([total.pool_ctx, ids[in_pool]])
+        # Groups hold about GROUP_VALUES (token, latent) values at the batch's longest context length.
+        width = max(1, int(mask.sum(1).max()))
+        group = max(1, GROUP_VALUES // (width * self.sae.cfg.d_sae))
         bits = []
-        for start in range(0, len(texts), self.group):
-            rows = slice(start, start + self.group)
+        for start in range(0, len(texts), group):
+            rows = slice(start, start + group)
             bits.append(self._group(total, acts[rows], mask[rows], ids[rows]))
         total.pool_bits = np.concatenate([total.pool_bits, np.concatenate(bits)[in_pool]])
 
@@ -228,11 +234,12 @@ class Harvester:
         """Encode a group of contexts, update `total`; return the packed firing bits of each context."""
         n, n_latents = len(ids), self.sae.cfg.d_sae
         # Left-align each context's real tokens: position j is its j-th token, whatever the specials.
+        width = max(1, int(mask.sum(1).max()))
         where = mask.nonzero()
-        flat = where[:, 0] * self.length + (mask.cumsum(1) - 1)[mask]
-        aligned = torch.zeros(n * self.length, n_latents)
+        flat = where[:, 0] * width + (mask.cumsum(1) - 1)[mask]
+        aligned = torch.zeros(n * width, n_latents)
         aligned[flat] = self.sae.encode(acts[mask]).float()
-        aligned = aligned.view(n, self.length, n_latents)
+        aligned = aligned.view(n, width, n_latents)
         per_ctx = aligned.amax(1)  # [n, L]; latents are >= 0, so padding (0) never wins
         active = (per_ctx > 0).numpy()
         values = per_ctx.numpy()
@@ -253,7 +260,7 @@ class Harvester:
     def _offer(res: Reservoir, li, key, ids, ci, act, aligned: torch.Tensor) -> None:
         """Insert (latent, context) candidates into `res` with their per-token activations."""
         tokens = aligned[torch.from_numpy(ci), :, torch.from_numpy(li)].numpy()
-        res.insert_pairs(li, key, ids[ci], act, tokens)
+        res.insert_pairs(li, key, ids[ci], act, np.pad(tokens, ((0, 0), (0, res.tokens.shape[2] - tokens.shape[1]))))
 
 
 def negative_pool(n_contexts: int, size: int, seed: int) -> np.ndarray:
