@@ -1,8 +1,9 @@
 """Driver memory at scale: label many features (default 65,536) with a tiny discriminator; the driver's peak RSS.
 
 The examples table is built synthetically (sorted by feature_id, as harvest writes it) and labeled through the
-`toklabel label` path; the discriminator is a one-layer BERT with random weights, saved to a temporary folder.
-The driver must stream: it never holds all examples or all labels, so its RSS stays flat as features grow.
+`toklabel label` path; the discriminator is a one-layer BERT with random weights and a small word vocabulary,
+saved to a temporary folder. The driver must stream: it never holds all examples or all labels, so its RSS
+stays flat as features grow.
 
     .venv/bin/python bench/driver_memory.py [--features 65536] [--steps 2]
 """
@@ -53,13 +54,17 @@ def write_examples(path: Path, n_features: int, per_feature: int) -> int:
     return rows
 
 
-def tiny_discriminator(folder: Path) -> str:
-    """A one-layer BERT with random weights and MiniLM's tokenizer, saved as a model folder."""
-    from transformers import BertConfig, BertModel
+def tiny_discriminator(folder: Path, n_words: int = 512) -> str:
+    """A one-layer BERT with random weights and a word-level vocabulary of the examples' words plus `n_words`
+    three-letter fillers, saved as a model folder: each optimiser step is cheap, the driver's work is not."""
+    from itertools import product
+    from string import ascii_lowercase
 
-    from workers.models import MINILM, load_tokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    tok = load_tokenizer(MINILM)
+    fillers = ["".join(p) for p in product(ascii_lowercase, repeat=3)][:n_words]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "of", "day", *WORDS, *fillers]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
     cfg = BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
     )

@@ -19,6 +19,7 @@ from pipeline.plan import Shard, chunks, plan_shards
 from pipeline.progress import Progress
 from pipeline.storage import CONFIG, FAILURES, MANIFEST, PLAN, RunStore, storage_env
 from workers.corpus import make_contexts, read_corpus
+from workers.discriminators import check_discriminator, load_discriminator
 from workers.harvest import (
     SAMPLE_OVERSAMPLING,
     Harvest,
@@ -65,10 +66,12 @@ def _actor_count(requested: int | None) -> tuple[int, float, float]:
 
 
 def prepare_store(config: RunConfig) -> RunStore:
-    """The run's storage, checked writable; refuse to mix results of another config into an existing run.
+    """The run's storage, checked writable, and its discriminator, checked loadable; refuse to mix results of
+    another config into an existing run.
 
     Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
     """
+    check_discriminator(config.discriminator)
     store = RunStore(config.out)
     store.check_writable()
     if store.exists(CONFIG):
@@ -124,7 +127,8 @@ def run(config: RunConfig, address: str | None = None) -> RunResult:
         t1 = time.perf_counter()
         result.labeled, result.failed_shards = label_shards(store, config, shards)
         result.seconds["label"] = time.perf_counter() - t1
-        write_manifest(store, config, shards, result, extra={"model": model, "hook": hook, "contexts": len(texts)})
+        extra = {"model": model, "hook": hook, "contexts": len(texts), "dead_latents": dead_latents(store)}
+        write_manifest(store, config, shards, result, extra)
         return result
     finally:
         if started:
@@ -175,12 +179,17 @@ def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harve
     return total
 
 
+def dead_latents(store: RunStore) -> list[int]:
+    """Ids of the latents that never fired on the corpus, from the run's latents tables."""
+    latents = ds.dataset(store.path("latents"), filesystem=store.fs, format="parquet")
+    dead = latents.to_table(columns=["feature_id"], filter=ds.field("n_active") == 0)
+    return sorted(dead.column(0).to_pylist())
+
+
 def write_examples(store: RunStore, h: Harvest, shards: list[Shard], texts: list[str], config: RunConfig) -> None:
     """Per shard: the latents table and the examples (top, quantile, random and optional hard negatives)."""
     embed = None
     if config.hard_negatives:
-        from workers.discriminators import load_discriminator  # loads MiniLM only when hard negatives are asked for
-
         embed = load_discriminator("minilm").encode_texts
     for shard in shards:
         ids = list(shard.feature_ids)
@@ -243,6 +252,9 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
         try:
             info = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+                # An actor that cannot even start (bad model, no memory) fails the same way on every retry.
+                raise RuntimeError(f"a labeling actor could not start: {err}") from err
             attempts[shard.name] += 1
             reason = str(err).strip().splitlines()[0]
             if attempts[shard.name] < MAX_ATTEMPTS:

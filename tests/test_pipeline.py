@@ -45,8 +45,11 @@ def test_run_writes_the_layout_and_resumes(ray_session, tiny_sae_dir, corpus, tm
         assert sorted(os.listdir(out / table)) == [f"features-{a:08d}-{a + 15:08d}.parquet" for a in (0, 16, 32)]
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["features"] == 48 and manifest["contexts"] == 300
+    latents = pq.read_table(out / "latents").to_pylist()
+    assert manifest["dead_latents"] == sorted(r["feature_id"] for r in latents if r["n_active"] == 0)
     labels = pq.read_table(out / "labels").to_pylist()
     assert sorted(r["feature_id"] for r in labels) == list(range(48))
+    assert {r["feature_id"] for r in labels if r["status"] == "dead"} == set(manifest["dead_latents"])
     ok = [r for r in labels if r["status"] == "ok"]
     assert len(ok) >= 30
     assert all(r["label"] and 0 <= r["score"] <= 1 and r["alternatives"] for r in ok)
@@ -91,6 +94,23 @@ def test_refused_run_leaves_no_config_behind(tiny_sae_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="features"):
         driver.run(small_config(tiny_sae_dir, corpus, tmp_path, features="0-4000"))
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="discriminator .*nowhere.*cannot be loaded"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "a", discriminator=str(tmp_path / "nowhere")))
+    # A model whose tokenizer holds no word a label could use.
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path / "no-words"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "##ing", "42"]
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(specials)}).save_pretrained(folder)
+    cfg = BertConfig(vocab_size=len(specials), hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
+    BertModel(cfg).save_pretrained(folder)
+    with pytest.raises(ValueError, match="no-words.*label vocabulary is empty"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "b", discriminator=str(folder)))
+    assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.yaml").exists()
+    assert not (tmp_path / "b" / "config.yaml").exists()
 
 
 def test_bad_inputs_fail_before_work(tmp_path, capsys):

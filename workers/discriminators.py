@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, DynamicCache
 
 from workers.models import MINILM, load_causal_lm, load_encoder, load_tokenizer, resolve_model
+from workers.vocab import label_vocab
 
 LABEL_SLOT = "{label}"
 TEXT_CACHE_SIZE = 200_000  # text embeddings kept per discriminator (~300 MB at d=384)
@@ -184,6 +185,8 @@ class CausalLMDiscriminator(Discriminator):
         max_length: int = 64,
         batch_size: int = 16,
         pair_batch: int = 4096,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
     ):
         if (
             template.count(TEXT_SLOT) != 1
@@ -197,11 +200,11 @@ class CausalLMDiscriminator(Discriminator):
         self.batch_size = batch_size
         self.pair_batch = pair_batch
         self.tokenizer = load_tokenizer(model)
-        self.model = load_causal_lm(model)
+        self.model = load_causal_lm(model, device, dtype)
         self._embedding = self.model.get_input_embeddings().weight.detach()
         self._before_text, rest = template.split(TEXT_SLOT)
         self._before_label, after = rest.split(LABEL_SLOT)
-        self._suffix = torch.tensor(self._ids(after), dtype=torch.long)
+        self._suffix = torch.tensor(self._ids(after), dtype=torch.long, device=self._embedding.device)
         self._answers = [self._answer_id(a) for a in answers]
 
     def _ids(self, text: str) -> list[int]:
@@ -232,25 +235,32 @@ class CausalLMDiscriminator(Discriminator):
                 f"need 1 <= K and {n} <= {self._limit()} positions"
             )
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> PrefixCache:
+    def prefix_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask [N, width] of each text's prompt up to the label slot, left-padded:
+        every prefix ends at the same position, so one suffix batch continues them all."""
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         rows = [
             bos + self._ids(self._before_text) + self._ids(t)[: self.max_length] + self._ids(self._before_label)
             for t in texts
         ]
         width = max(len(r) for r in rows)
-        # Left padding puts every prefix's end at the same position, so one suffix batch continues them all.
-        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        device = self._embedding.device
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        return ids, mask
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> PrefixCache:
+        ids, mask = self.prefix_ids(texts)
         layers, next_token = [], []
-        for i in range(0, len(rows), self.batch_size):
+        for i in range(0, len(ids), self.batch_size):
             m = mask[i : i + self.batch_size]
             out = self.model(
                 input_ids=ids[i : i + self.batch_size],
                 attention_mask=m,
                 position_ids=(m.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
+                logits_to_keep=1,
             )
             layers.append([(layer.keys, layer.values) for layer in out.past_key_values.layers])
             next_token.append(torch.log_softmax(out.logits[:, -1].float(), -1))
@@ -266,10 +276,21 @@ class CausalLMDiscriminator(Discriminator):
         labels = label_embeds.to(suffix.dtype).repeat_interleave(n, dim=0)
         inputs = torch.cat([labels, suffix], 1)
         prefix_mask = texts.mask[flat]
-        mask = torch.cat([prefix_mask, torch.ones(len(flat), inputs.shape[1], dtype=prefix_mask.dtype)], 1)
-        positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(inputs.shape[1])
+        ones = torch.ones(len(flat), inputs.shape[1], dtype=prefix_mask.dtype, device=prefix_mask.device)
+        mask = torch.cat([prefix_mask, ones], 1)
+        positions = prefix_mask.sum(-1, keepdim=True) + torch.arange(inputs.shape[1], device=prefix_mask.device)
         cache = DynamicCache([(k[flat], v[flat]) for k, v in texts.layers])
-        out = self.model(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache)
+        # Only the last position's next-token logits are read, so the LM head runs on that position alone
+        # (kept by index, which copies it contiguously: a strided slice makes the head's matmul and its
+        # backward run per row on CPU).
+        last_only = torch.tensor([inputs.shape[1] - 1], device=inputs.device)
+        out = self.model(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            logits_to_keep=last_only,
+        )
         last = torch.log_softmax(out.logits[:, -1].float(), -1)
         return (last[:, self._answers[0]] - last[:, self._answers[1]]).view(n_feat, n)
 
@@ -278,7 +299,7 @@ class CausalLMDiscriminator(Discriminator):
     ) -> torch.Tensor:
         log_q = torch.log_softmax(texts.next_token[:, vocab], -1)  # [N, V']
         w = weight / weight.sum(-1, keepdim=True).clamp(min=1e-12)
-        dense = torch.zeros(len(index), len(log_q)).scatter_add_(1, index, w)
+        dense = torch.zeros(len(index), len(log_q), device=log_q.device).scatter_add_(1, index, w)
         return dense @ log_q
 
 
@@ -297,6 +318,23 @@ def discriminator_kind(name: str) -> str:
     """ "causal-lm" for a model whose config names a causal-LM architecture, else "embedding"."""
     architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
     return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
+
+
+def check_discriminator(name: str) -> None:
+    """Refuse a discriminator that cannot be loaded or offers no label vocabulary, reading only its config and
+    tokenizer (no weights), so that a bad name fails before any work starts."""
+    try:
+        discriminator_kind(name)
+        tokenizer = load_tokenizer(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"discriminator {name!r} cannot be loaded ({str(err).splitlines()[0]}); expected 'minilm', "
+            "a Hugging Face model folder, or a hub name where the network allows"
+        ) from err
+    try:
+        label_vocab(tokenizer)
+    except ValueError as err:
+        raise ValueError(f"discriminator {name!r}: {err}") from err
 
 
 def load_discriminator(name: str, kind: str = "auto", template: str | None = None, **options) -> Discriminator:

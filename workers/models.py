@@ -3,6 +3,7 @@
 import importlib.util
 import os
 
+import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 MINILM = "minilm"
@@ -34,9 +35,11 @@ def load_encoder(name: str) -> PreTrainedModel:
     return model
 
 
-def load_causal_lm(name: str) -> PreTrainedModel:
-    """Load a frozen causal LM (AutoModelForCausalLM) in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name))
+def load_causal_lm(name: str, device: str = "cpu", dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a frozen causal LM (AutoModelForCausalLM) in eval mode, on `device`, in `dtype` (default: the
+    library's choice)."""
+    options = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **options).to(device)
     model.eval()
     model.requires_grad_(False)
     return model
