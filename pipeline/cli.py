@@ -73,6 +73,16 @@ def cmd_demo(args) -> None:
     print(summary(driver.run(config, args.address)))
 
 
+def cmd_eval(args) -> None:
+    from pipeline import evaluate
+
+    config = RunConfig.from_yaml(DEMO_CONFIG, out=args.out, **{"features": "all", **overrides(args)})
+    baselines = tuple(b for b in args.baselines.split(",") if b)
+    results = evaluate.evaluate(config, sentences=args.sentences, baselines=baselines, address=args.address)
+    print(evaluate.markdown(results))
+    print(f"wrote {args.out}/eval.md and {args.out}/eval.json", file=sys.stderr)
+
+
 def cmd_run(args) -> None:
     config = RunConfig.from_yaml(args.config, out=args.out, **overrides(args))
     print(summary(driver.run(config, args.address)))
@@ -150,6 +160,23 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser(
+        "eval",
+        help="label accuracy on planted and ground-truth features, baselines, median AUROC: one table",
+        description="Evaluate labeling on the demo SAE (every latent unless --features) and on features planted "
+        "from the WordNet evaluation set (data/eval); writes eval.md and eval.json under --out.",
+    )
+    ev.add_argument("--out", default="runs/eval", help="output folder, local (default: runs/eval)")
+    ev.add_argument("--sentences", type=int, default=None, help="use the first N evaluation sentences (default: all)")
+    ev.add_argument(
+        "--baselines",
+        default="exhaustive,top-token,decoder-token",
+        help="comma-separated baselines to score (default: all three; empty: none)",
+    )
+    ev.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    add_config_flags(ev)
+    ev.set_defaults(func=cmd_eval)
 
     run = sub.add_parser("run", help="harvest + label + score as a config file says")
     run.add_argument("config", help="run config YAML")

@@ -14,6 +14,7 @@ from workers.optimiser import FeatureBatch, LabelOptimiser, OptimiserConfig, Sea
 from workers.scoring import best_threshold, classification_scores, roc_auc
 
 ALTERNATIVES = 5
+SCORE_ROWS = 1024  # labels per scoring pass: bounds the [labels, examples, d] gather of an embedding model
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -126,6 +127,40 @@ class Labeler:
 
     def label(self, examples: pa.Table, feature_ids: list[int], progress=None) -> pa.Table:
         """Labels table rows for `feature_ids` (features absent from `examples` are dead)."""
+        rows, live = self._triage(examples, feature_ids)
+        for start in range(0, len(live), self.batch_size):
+            part = live[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            searches, batch, texts = self._search(part)
+            raws = self._candidate_logits(searches, batch, texts)
+            seconds = (time.perf_counter() - t0) / len(part)
+            rows += [self._scored_row(ex, s, raw, seconds) for ex, s, raw in zip(part, searches, raws)]
+            if progress is not None:
+                progress(len(part))
+        rows.sort(key=lambda r: r["feature_id"])
+        return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
+
+    def score_labels(self, examples: pa.Table, labels: dict[int, str], progress=None) -> pa.Table:
+        """Labels table rows for given labels (feature id -> label text), scored exactly as found labels are:
+        same split, same held-out metrics. `train_score` is the label's training-split ROC AUC."""
+        rows, live = self._triage(examples, list(labels))
+        for start in range(0, len(live), self.batch_size):
+            part = live[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            batch, texts = self._encode(part)
+            for f, ex in enumerate(part):
+                ids = tuple(self.disc.tokenizer(labels[ex.feature_id], add_special_tokens=False)["input_ids"])
+                raw = self.disc.score(self.disc.embedding_matrix[list(ids)][None], texts, batch.index[f : f + 1])
+                train = roc_auc(raw[0, : len(ex.texts)].numpy()[~ex.test], ex.positive[~ex.test])
+                seconds = (time.perf_counter() - t0) / len(part)
+                rows.append(self._scored_row(ex, Search([(ids, train)]), raw.numpy(), seconds))
+            if progress is not None:
+                progress(len(part))
+        rows.sort(key=lambda r: r["feature_id"])
+        return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
+
+    def _triage(self, examples: pa.Table, feature_ids: list[int]) -> tuple[list[dict], list[FeatureExamples]]:
+        """(rows of the features that cannot be labeled, examples of those that can)."""
         check_examples(examples)
         groups = group_examples(examples, self.test_fraction, self.optimiser.config.seed)
         rows, live = [], []
@@ -136,18 +171,14 @@ class Labeler:
                 live.append(ex)
             else:
                 rows.append(self._row(fid, status=problem[0], error=problem[1], ex=ex))
-        for start in range(0, len(live), self.batch_size):
-            part = live[start : start + self.batch_size]
-            t0 = time.perf_counter()
-            searches, batch, texts = self._search(part)
-            seconds = (time.perf_counter() - t0) / len(part)
-            rows += [self._scored_row(ex, s, f, batch, texts, seconds) for f, (ex, s) in enumerate(zip(part, searches))]
-            if progress is not None:
-                progress(len(part))
-        rows.sort(key=lambda r: r["feature_id"])
-        return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
+        return rows, live
 
     def _search(self, part: list[FeatureExamples]):
+        batch, texts = self._encode(part)
+        return self.optimiser.search(batch, texts), batch, texts
+
+    def _encode(self, part: list[FeatureExamples]) -> tuple[FeatureBatch, object]:
+        """The features' examples as one batch over their encoded unique texts."""
         unique: dict[str, int] = {}
         for ex in part:
             for t in ex.texts:
@@ -164,14 +195,27 @@ class Labeler:
             positive[f, :m] = torch.from_numpy(ex.positive)
             valid[f, :m] = True
             test[f, :m] = torch.from_numpy(ex.test)
-        batch = FeatureBatch(index, positive, valid & ~test, valid & test)
-        return self.optimiser.search(batch, texts), batch, texts
+        return FeatureBatch(index, positive, valid & ~test, valid & test), texts
 
     @torch.no_grad()
-    def _scored_row(self, ex: FeatureExamples, search: Search, f: int, batch: FeatureBatch, texts, seconds: float):
+    def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
+        """Per feature, the raw logits [alternatives, n] of its best candidates on all its examples; the
+        candidates of the whole batch go through the discriminator together, SCORE_ROWS labels at a time."""
+        owner = torch.tensor([f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]])
+        ids = torch.tensor([c[0] for s in searches for c in s.candidates[:ALTERNATIVES]])
+        raw = torch.cat(
+            [
+                self.disc.score(
+                    self.disc.embedding_matrix[ids[i : i + SCORE_ROWS]], texts, batch.index[owner[i : i + SCORE_ROWS]]
+                )
+                for i in range(0, len(ids), SCORE_ROWS)
+            ]
+        ).numpy()
+        return np.split(raw, np.cumsum([min(len(s.candidates), ALTERNATIVES) for s in searches])[:-1])
+
+    def _scored_row(self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float) -> dict:
+        """The labels row of a searched feature, from its candidates' raw logits [alternatives, n]."""
         best = search.candidates[:ALTERNATIVES]
-        ids = torch.tensor([c[0] for c in best])
-        raw = self.disc.score(self.disc.embedding_matrix[ids], texts, batch.index[f].expand(len(best), -1)).numpy()
         m = len(ex.texts)
         train = ~ex.test
         alternatives = [
