@@ -17,6 +17,7 @@ from pipeline.storage import RunStore
 from workers.discriminators import load_discriminator
 from workers.harvest import Harvest, Harvester
 from workers.labeler import Labeler
+from workers.models import default_device
 from workers.optimiser import OptimiserConfig
 from workers.sae import load_sae
 from workers.subject import SubjectModel
@@ -45,8 +46,9 @@ class HarvestActor:
         seed: int = 0,
     ):
         _use_cpus(cpus)
-        sae = load_sae(sae_path, model_name=model, hook_name=hook)
-        subject = SubjectModel.load(model, hook)
+        device = default_device()
+        sae = load_sae(sae_path, device, model_name=model, hook_name=hook)
+        subject = SubjectModel.load(model, hook, device)
         self.harvester = Harvester(subject, sae, context_length, top_k, batch_size, sample_size, seed)
 
     def harvest(self, texts: list[str], first_id: int, pool: np.ndarray) -> Harvest:
@@ -70,7 +72,7 @@ class LabelActor:
     ):
         _use_cpus(cpus)
         self.store = RunStore(uri)
-        disc = load_discriminator(discriminator, template=template)
+        disc = load_discriminator(discriminator, template=template, device=default_device())
         self.labeler = Labeler(disc, label_vocab(disc.tokenizer), optimiser, batch_size, test_fraction, config_hash)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

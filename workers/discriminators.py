@@ -77,7 +77,14 @@ class EmbeddingDiscriminator(Discriminator):
     the encoder.
     """
 
-    def __init__(self, model: str = MINILM, template: str = LABEL_SLOT, max_length: int = 128, batch_size: int = 64):
+    def __init__(
+        self,
+        model: str = MINILM,
+        template: str = LABEL_SLOT,
+        max_length: int = 128,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ):
         if template.count(LABEL_SLOT) != 1:
             raise ValueError(f"template {template!r} must contain {LABEL_SLOT} exactly once")
         self.name = model
@@ -85,7 +92,7 @@ class EmbeddingDiscriminator(Discriminator):
         self.max_length = max_length
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model)
-        self.model = load_encoder(model)
+        self.model = load_encoder(model).to(device)
         self._embedding = self.model.get_input_embeddings().weight.detach()
         self._prefix, self._suffix = self._template_ids(*template.split(LABEL_SLOT))
         self._vocab_cache: dict[tuple, torch.Tensor] = {}
@@ -98,7 +105,8 @@ class EmbeddingDiscriminator(Discriminator):
         ids = self.tokenizer(f"{before}{marker}{after}")["input_ids"]
         marker_id = self.tokenizer.convert_tokens_to_ids(marker)
         pos = ids.index(marker_id)
-        return torch.tensor(ids[:pos]), torch.tensor(ids[pos + 1 :])
+        device = self._embedding.device
+        return torch.tensor(ids[:pos], device=device), torch.tensor(ids[pos + 1 :], device=device)
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
@@ -124,11 +132,11 @@ class EmbeddingDiscriminator(Discriminator):
             chunk = todo[i : i + self.batch_size]
             batch = self.tokenizer(
                 chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
+            ).to(self._embedding.device)
             hidden = self.model(**batch).last_hidden_state
             self._text_cache.update(zip(chunk, F.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)))
         if not texts:
-            return torch.zeros(0, self._embedding.shape[1])
+            return torch.zeros(0, self._embedding.shape[1], device=self._embedding.device)
         return torch.stack([self._text_cache[t] for t in texts])
 
     def encode_labels(self, label_embeds: torch.Tensor) -> torch.Tensor:
@@ -137,7 +145,7 @@ class EmbeddingDiscriminator(Discriminator):
         prefix = self._embedding[self._prefix].expand(n, -1, -1)
         suffix = self._embedding[self._suffix].expand(n, -1, -1)
         inputs = torch.cat([prefix, label_embeds, suffix], dim=1)
-        mask = torch.ones(inputs.shape[:2], dtype=torch.long)
+        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
         hidden = self.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
         return F.normalize(_mean_pool(hidden, mask), dim=-1)
 

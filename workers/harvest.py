@@ -238,7 +238,7 @@ class Harvester:
         where = mask.nonzero()
         flat = where[:, 0] * width + (mask.cumsum(1) - 1)[mask]
         aligned = torch.zeros(n * width, n_latents)
-        aligned[flat] = self.sae.encode(acts[mask]).float()
+        aligned[flat] = self.sae.encode(acts[mask].to(self.sae.W_enc.device)).float().cpu()
         aligned = aligned.view(n, width, n_latents)
         per_ctx = aligned.amax(1)  # [n, L]; latents are >= 0, so padding (0) never wins
         active = (per_ctx > 0).numpy()

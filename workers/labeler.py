@@ -150,10 +150,11 @@ class Labeler:
             batch, texts = self._encode(part)
             for f, ex in enumerate(part):
                 ids = tuple(self.disc.tokenizer(labels[ex.feature_id], add_special_tokens=False)["input_ids"])
-                raw = self.disc.score(self.disc.embedding_matrix[list(ids)][None], texts, batch.index[f : f + 1])
-                train = roc_auc(raw[0, : len(ex.texts)].numpy()[~ex.test], ex.positive[~ex.test])
+                embeds = self.disc.embedding_matrix[list(ids)][None]
+                raw = self.disc.score(embeds, texts, batch.index[f : f + 1]).float().cpu().numpy()
+                train = roc_auc(raw[0, : len(ex.texts)][~ex.test], ex.positive[~ex.test])
                 seconds = (time.perf_counter() - t0) / len(part)
-                rows.append(self._scored_row(ex, Search([(ids, train)]), raw.numpy(), seconds))
+                rows.append(self._scored_row(ex, Search([(ids, train)]), raw, seconds))
             if progress is not None:
                 progress(len(part))
         rows.sort(key=lambda r: r["feature_id"])
@@ -195,14 +196,16 @@ class Labeler:
             positive[f, :m] = torch.from_numpy(ex.positive)
             valid[f, :m] = True
             test[f, :m] = torch.from_numpy(ex.test)
-        return FeatureBatch(index, positive, valid & ~test, valid & test), texts
+        masks = (index, positive, valid & ~test, valid & test)
+        return FeatureBatch(*(m.to(self.optimiser.device) for m in masks)), texts
 
     @torch.no_grad()
     def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
         """Per feature, the raw logits [alternatives, n] of its best candidates on all its examples; the
         candidates of the whole batch go through the discriminator together, SCORE_ROWS labels at a time."""
-        owner = torch.tensor([f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]])
-        ids = torch.tensor([c[0] for s in searches for c in s.candidates[:ALTERNATIVES]])
+        device = self.optimiser.device
+        owner = torch.tensor([f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]], device=device)
+        ids = torch.tensor([c[0] for s in searches for c in s.candidates[:ALTERNATIVES]], device=device)
         raw = torch.cat(
             [
                 self.disc.score(
@@ -210,7 +213,8 @@ class Labeler:
                 )
                 for i in range(0, len(ids), SCORE_ROWS)
             ]
-        ).numpy()
+        )
+        raw = raw.float().cpu().numpy()
         return np.split(raw, np.cumsum([min(len(s.candidates), ALTERNATIVES) for s in searches])[:-1])
 
     def _scored_row(self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float) -> dict:

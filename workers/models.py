@@ -22,6 +22,11 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def default_device() -> str:
+    """ "cuda" where a GPU is visible (Ray shows an actor only the GPUs it was granted), else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer for a model name, alias or folder."""
     return AutoTokenizer.from_pretrained(resolve_model(name))

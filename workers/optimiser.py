@@ -83,9 +83,10 @@ class LabelOptimiser:
             raise ValueError(f"exhaustive search is single-token only; got label_tokens={config.label_tokens}")
         discriminator.check_label_tokens(config.label_tokens)
         self.disc = discriminator
-        self.vocab = vocab
         self.config = config
-        self.vocab_embeddings = discriminator.embedding_matrix[vocab]
+        self.device = discriminator.embedding_matrix.device
+        self.vocab = vocab.to(self.device)
+        self.vocab_embeddings = discriminator.embedding_matrix[self.vocab]
 
     def search(self, batch: FeatureBatch, texts: object) -> list[Search]:
         """Candidate labels for every feature of the batch, best training AUROC first."""
@@ -99,11 +100,12 @@ class LabelOptimiser:
     def _descend(self, batch: FeatureBatch, texts: object):
         cfg = self.config
         n_feat, k, n_vocab = len(batch.index), cfg.label_tokens, len(self.vocab)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        v = (0.01 * torch.randn(n_feat, k, n_vocab, generator=gen)).requires_grad_()
+        dev = self.device
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        v = (0.01 * torch.randn(n_feat, k, n_vocab, generator=gen, device=dev)).requires_grad_()
         # Per-feature affine read-out of the raw logit: the discriminator's scale is arbitrary.
-        log_scale = torch.full((n_feat, 1), 2.0, requires_grad=True)
-        bias = torch.zeros(n_feat, 1, requires_grad=True)
+        log_scale = torch.full((n_feat, 1), 2.0, device=dev, requires_grad=True)
+        bias = torch.zeros(n_feat, 1, device=dev, requires_grad=True)
         opt = torch.optim.Adam([{"params": [v], "lr": cfg.lr}, {"params": [log_scale, bias], "lr": 0.05}])
         weight = class_weights(batch.positive, batch.train)
         # Examples per forward pass, so that memory is bounded by the discriminator's pair budget.
@@ -114,7 +116,7 @@ class LabelOptimiser:
         for step in range(cfg.steps):
             logits = v / cfg.temperature
             if cfg.mode == "st-gumbel":
-                u = torch.rand(v.shape, generator=gen).clamp_(1e-9, 1 - 1e-9)
+                u = torch.rand(v.shape, generator=gen, device=dev).clamp_(1e-9, 1 - 1e-9)
                 soft = torch.softmax(logits - torch.log(-torch.log(u)), -1)
                 hard = F.one_hot(soft.argmax(-1), n_vocab).to(soft.dtype)
                 mix = hard - soft.detach() + soft
@@ -123,7 +125,7 @@ class LabelOptimiser:
             mix.retain_grad()
             embeds = mix @ self.vocab_embeddings
             opt.zero_grad()
-            prediction = torch.zeros(n_feat)
+            prediction = torch.zeros(n_feat, device=dev)
             for c in range(0, batch.index.shape[1], cols):
                 part = slice(c, c + cols)
                 raw = self.disc.logits(embeds, texts, batch.index[:, part])
@@ -184,9 +186,9 @@ class LabelOptimiser:
     @torch.no_grad()
     def _rerank(self, proposals: list[list[tuple[int, ...]]], batch: FeatureBatch, texts: object):
         """Score every candidate as a discrete label on the training split; best first."""
-        owner = torch.tensor([f for f, cands in enumerate(proposals) for _ in cands])
-        labels = torch.tensor([ids for cands in proposals for ids in cands])
-        aucs = torch.empty(len(owner))
+        owner = torch.tensor([f for f, cands in enumerate(proposals) for _ in cands], device=self.device)
+        labels = torch.tensor([ids for cands in proposals for ids in cands], device=self.device)
+        aucs = torch.empty(len(owner), device=self.device)
         for start in range(0, len(owner), 1024):
             part = slice(start, start + 1024)
             raw = self.disc.score(self.disc.embedding_matrix[labels[part]], texts, batch.index[owner[part]])
