@@ -254,7 +254,8 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
             if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
                 # An actor that cannot even start (bad model, no memory) fails the same way on every retry.
-                raise RuntimeError(f"a labeling actor could not start: {err}") from err
+                cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
+                raise RuntimeError(f"a labeling actor could not start: {cause}") from err
             attempts[shard.name] += 1
             reason = str(err).strip().splitlines()[0]
             if attempts[shard.name] < MAX_ATTEMPTS:

@@ -113,6 +113,14 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
     assert not (tmp_path / "b" / "config.yaml").exists()
 
 
+def test_an_actor_that_cannot_start_stops_the_run_at_once(ray_session, tiny_sae_dir, corpus, tmp_path):
+    # A template without its label slot is only found when the actor builds the discriminator.
+    config = small_config(tiny_sae_dir, corpus, tmp_path / "run", template="no slot here", features="0-15")
+    with pytest.raises(RuntimeError, match="could not start: ValueError: template 'no slot here' must contain"):
+        driver.run(config)
+    assert not (tmp_path / "run" / "_failures").exists()
+
+
 def test_bad_inputs_fail_before_work(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml does not exist" in capsys.readouterr().err
