@@ -10,6 +10,7 @@ from pipeline import driver
 from pipeline.cli import main
 from pipeline.config import DEMO_CONFIG, RunConfig
 from pipeline.query import query
+from workers.models import load_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -109,14 +110,23 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
     BertModel(cfg).save_pretrained(folder)
     with pytest.raises(ValueError, match="no-words.*label vocabulary is empty"):
         driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "b", discriminator=str(folder)))
+    with pytest.raises(ValueError, match="'minilm': template 'no slot' must contain {label}"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "c", template="no slot"))
+    assert not (tmp_path / "c" / "config.yaml").exists()
     assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.yaml").exists()
     assert not (tmp_path / "b" / "config.yaml").exists()
 
 
 def test_an_actor_that_cannot_start_stops_the_run_at_once(ray_session, tiny_sae_dir, corpus, tmp_path):
-    # A template without its label slot is only found when the actor builds the discriminator.
-    config = small_config(tiny_sae_dir, corpus, tmp_path / "run", template="no slot here", features="0-15")
-    with pytest.raises(RuntimeError, match="could not start: ValueError: template 'no slot here' must contain"):
+    # Config and tokenizer load (the preflight passes), the weights do not: only the actor finds out.
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path / "broken-weights"
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1)).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    config = small_config(tiny_sae_dir, corpus, tmp_path / "run", discriminator=str(folder), features="0-15")
+    with pytest.raises(RuntimeError, match="labeling actor could not start: .*Error"):
         driver.run(config)
     assert not (tmp_path / "run" / "_failures").exists()
 

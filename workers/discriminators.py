@@ -33,6 +33,11 @@ class Discriminator(ABC):
     def embedding_matrix(self) -> torch.Tensor:
         """Input embeddings [vocab, d]; a label embedding is a mixture of its rows."""
 
+    @staticmethod
+    @abstractmethod
+    def check_template(template: str) -> None:
+        """Raise ValueError when `template` does not have the slots this kind of discriminator needs."""
+
     @abstractmethod
     def check_label_tokens(self, k: int) -> None:
         """Raise ValueError when labels of k tokens do not fit the model and template."""
@@ -85,8 +90,7 @@ class EmbeddingDiscriminator(Discriminator):
         batch_size: int = 64,
         device: str = "cpu",
     ):
-        if template.count(LABEL_SLOT) != 1:
-            raise ValueError(f"template {template!r} must contain {LABEL_SLOT} exactly once")
+        self.check_template(template)
         self.name = model
         self.template = template
         self.max_length = max_length
@@ -97,6 +101,11 @@ class EmbeddingDiscriminator(Discriminator):
         self._prefix, self._suffix = self._template_ids(*template.split(LABEL_SLOT))
         self._vocab_cache: dict[tuple, torch.Tensor] = {}
         self._text_cache: dict[str, torch.Tensor] = {}
+
+    @staticmethod
+    def check_template(template: str) -> None:
+        if template.count(LABEL_SLOT) != 1:
+            raise ValueError(f"template {template!r} must contain {LABEL_SLOT} exactly once")
 
     def _template_ids(self, before: str, after: str) -> tuple[torch.Tensor, torch.Tensor]:
         # Tokenise the template with a marker word in the slot and cut around it, so special tokens
@@ -196,12 +205,7 @@ class CausalLMDiscriminator(Discriminator):
         device: str = "cpu",
         dtype: torch.dtype | None = None,
     ):
-        if (
-            template.count(TEXT_SLOT) != 1
-            or template.count(LABEL_SLOT) != 1
-            or (template.index(TEXT_SLOT) > template.index(LABEL_SLOT))
-        ):
-            raise ValueError(f"causal-LM template {template!r} must hold {TEXT_SLOT} once, then {LABEL_SLOT} once")
+        self.check_template(template)
         self.name = model
         self.template = template
         self.max_length = max_length
@@ -214,6 +218,15 @@ class CausalLMDiscriminator(Discriminator):
         self._before_label, after = rest.split(LABEL_SLOT)
         self._suffix = torch.tensor(self._ids(after), dtype=torch.long, device=self._embedding.device)
         self._answers = [self._answer_id(a) for a in answers]
+
+    @staticmethod
+    def check_template(template: str) -> None:
+        if (
+            template.count(TEXT_SLOT) != 1
+            or template.count(LABEL_SLOT) != 1
+            or (template.index(TEXT_SLOT) > template.index(LABEL_SLOT))
+        ):
+            raise ValueError(f"causal-LM template {template!r} must hold {TEXT_SLOT} once, then {LABEL_SLOT} once")
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -328,11 +341,11 @@ def discriminator_kind(name: str) -> str:
     return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
 
 
-def check_discriminator(name: str) -> None:
-    """Refuse a discriminator that cannot be loaded or offers no label vocabulary, reading only its config and
-    tokenizer (no weights), so that a bad name fails before any work starts."""
+def check_discriminator(name: str, template: str | None = None) -> None:
+    """Refuse a discriminator that cannot be loaded, offers no label vocabulary or does not take `template`,
+    reading only its config and tokenizer (no weights), so that bad input fails before any work starts."""
     try:
-        discriminator_kind(name)
+        kind = discriminator_kind(name)
         tokenizer = load_tokenizer(name)
     except (OSError, ValueError) as err:
         raise ValueError(
@@ -341,6 +354,8 @@ def check_discriminator(name: str) -> None:
         ) from err
     try:
         label_vocab(tokenizer)
+        if template is not None:
+            DISCRIMINATORS[kind].check_template(template)
     except ValueError as err:
         raise ValueError(f"discriminator {name!r}: {err}") from err
 
