@@ -57,7 +57,7 @@ def examples(tmp_path_factory, demo_texts):
 
 
 def label_config(out, **kw) -> RunConfig:
-    return RunConfig(out=str(out), steps=20, shard_size=4, features_per_batch=4, **kw)
+    return RunConfig(**{"out": str(out), "steps": 20, "shard_size": 4, "features_per_batch": 4, **kw})
 
 
 def ray_processes(parent: int, title: str) -> list[int]:
@@ -113,7 +113,8 @@ def test_killed_actors_are_restarted_and_every_feature_labeled_once(ray_session,
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        result = driver.label_examples(str(examples), label_config(tmp_path / "run", actors=2))
+        # Shards long enough (60 steps) that three kills land before the run ends.
+        result = driver.label_examples(str(examples), label_config(tmp_path / "run", actors=2, steps=60))
     finally:
         stop.set()
         thread.join()
