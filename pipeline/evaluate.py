@@ -235,6 +235,22 @@ def _median(values: list[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
+def _ok_scores(labels_by_id: dict[int, dict]) -> list[float]:
+    """Held-out scores of the labeled (status ok) features."""
+    return [r["score"] for r in labels_by_id.values() if r["status"] == "ok" and r["score"] is not None]
+
+
+def _judge(rows, labels_by_id: dict[int, dict], accept: dict[str, set[str]], method: str) -> int:
+    """Record under `method` each row's label and whether its category's accept list holds it; count the hits."""
+    hits = 0
+    for row in rows:
+        got = labels_by_id.get(row["feature_id"], {})
+        hit = (got.get("label") or "").lower() in accept[row["category"]]
+        hits += hit
+        row[method] = {"label": got.get("label"), "score": got.get("score"), "correct": hit}
+    return hits
+
+
 def score_methods(
     labels: dict[str, dict[str, pa.Table]], data: EvalSet, firing: np.ndarray, feature_ids: list[int], planted: dict
 ) -> dict:
@@ -253,28 +269,16 @@ def score_methods(
     for method in labels[PLANTED]:
         planted_by_id = {r["feature_id"]: r for r in labels[PLANTED][method].to_pylist()}
         sae_by_id = {r["feature_id"]: r for r in labels[SAE_RUN][method].to_pylist()}
-        correct = 0
-        for row in planted_rows:
-            got = planted_by_id.get(row["feature_id"], {})
-            hit = (got.get("label") or "").lower() in data.accept[row["category"]]
-            correct += hit
-            row[method] = {"label": got.get("label"), "score": got.get("score"), "correct": hit}
-        agree = 0
-        for fid, row in matched_rows.items():
-            got = sae_by_id.get(fid, {})
-            hit = (got.get("label") or "").lower() in data.accept[row["category"]]
-            agree += hit
-            row[method] = {"label": got.get("label"), "score": got.get("score"), "correct": hit}
-        live = [r["score"] for r in sae_by_id.values() if r["status"] == "ok" and r["score"] is not None]
+        correct = _judge(planted_rows, planted_by_id, data.accept, method)
+        agree = _judge(matched_rows.values(), sae_by_id, data.accept, method)
+        live = _ok_scores(sae_by_id)
         table.append(
             {
                 "method": method,
                 "planted_correct": correct,
                 "planted_total": len(planted_rows),
                 "planted_accuracy": correct / len(planted_rows),
-                "planted_median_auroc": _median(
-                    [r["score"] for r in planted_by_id.values() if r["status"] == "ok" and r["score"] is not None]
-                ),
+                "planted_median_auroc": _median(_ok_scores(planted_by_id)),
                 "median_auroc": _median(live),
                 "live_latents": len(live),
                 "ground_truth_agree": agree,

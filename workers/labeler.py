@@ -14,7 +14,6 @@ from workers.optimiser import FeatureBatch, LabelOptimiser, OptimiserConfig, Sea
 from workers.scoring import best_threshold, classification_scores, roc_auc
 
 ALTERNATIVES = 5
-SCORE_ROWS = 1024  # labels per scoring pass: bounds the [labels, examples, d] gather of an embedding model
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -150,8 +149,8 @@ class Labeler:
             batch, texts = self._encode(part)
             for f, ex in enumerate(part):
                 ids = tuple(self.disc.tokenizer(labels[ex.feature_id], add_special_tokens=False)["input_ids"])
-                embeds = self.disc.embedding_matrix[list(ids)][None]
-                raw = self.disc.score(embeds, texts, batch.index[f : f + 1]).float().cpu().numpy()
+                owner, label = (torch.tensor([x], device=self.optimiser.device) for x in (f, ids))
+                raw = self.optimiser.label_logits(owner, label, batch, texts).float().cpu().numpy()
                 train = roc_auc(raw[0, : len(ex.texts)][~ex.test], ex.positive[~ex.test])
                 seconds = (time.perf_counter() - t0) / len(part)
                 rows.append(self._scored_row(ex, Search([(ids, train)]), raw, seconds))
@@ -202,19 +201,11 @@ class Labeler:
     @torch.no_grad()
     def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
         """Per feature, the raw logits [alternatives, n] of its best candidates on all its examples; the
-        candidates of the whole batch go through the discriminator together, SCORE_ROWS labels at a time."""
+        candidates of the whole batch go through the discriminator together."""
         device = self.optimiser.device
         owner = torch.tensor([f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]], device=device)
         ids = torch.tensor([c[0] for s in searches for c in s.candidates[:ALTERNATIVES]], device=device)
-        raw = torch.cat(
-            [
-                self.disc.score(
-                    self.disc.embedding_matrix[ids[i : i + SCORE_ROWS]], texts, batch.index[owner[i : i + SCORE_ROWS]]
-                )
-                for i in range(0, len(ids), SCORE_ROWS)
-            ]
-        )
-        raw = raw.float().cpu().numpy()
+        raw = self.optimiser.label_logits(owner, ids, batch, texts).float().cpu().numpy()
         return np.split(raw, np.cumsum([min(len(s.candidates), ALTERNATIVES) for s in searches])[:-1])
 
     def _scored_row(self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float) -> dict:

@@ -45,6 +45,7 @@ class OptimiserConfig:
 
 
 MODES = ("st-gumbel", "soft", "exhaustive")
+SCORE_ROWS = 1024  # discrete labels scored per discriminator pass
 
 
 @dataclass
@@ -184,15 +185,27 @@ class LabelOptimiser:
         return proposals
 
     @torch.no_grad()
+    def label_logits(self, owner: torch.Tensor, labels: torch.Tensor, batch: FeatureBatch, texts: object):
+        """Raw logits [R, n] of discrete labels `labels` [R, K] (token ids) on the examples of features `owner`
+        [R], SCORE_ROWS labels per pass: bounds the [labels, examples, d] gather of an embedding model."""
+        return torch.cat(
+            [
+                self.disc.score(
+                    self.disc.embedding_matrix[labels[i : i + SCORE_ROWS]],
+                    texts,
+                    batch.index[owner[i : i + SCORE_ROWS]],
+                )
+                for i in range(0, len(labels), SCORE_ROWS)
+            ]
+        )
+
+    @torch.no_grad()
     def _rerank(self, proposals: list[list[tuple[int, ...]]], batch: FeatureBatch, texts: object):
         """Score every candidate as a discrete label on the training split; best first."""
         owner = torch.tensor([f for f, cands in enumerate(proposals) for _ in cands], device=self.device)
         labels = torch.tensor([ids for cands in proposals for ids in cands], device=self.device)
-        aucs = torch.empty(len(owner), device=self.device)
-        for start in range(0, len(owner), 1024):
-            part = slice(start, start + 1024)
-            raw = self.disc.score(self.disc.embedding_matrix[labels[part]], texts, batch.index[owner[part]])
-            aucs[part] = batched_auc(raw, batch.positive[owner[part]], batch.train[owner[part]])
+        raw = self.label_logits(owner, labels, batch, texts)
+        aucs = batched_auc(raw, batch.positive[owner], batch.train[owner])
         ranked: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in proposals]
         for f, ids, auc in zip(owner.tolist(), labels.tolist(), aucs.tolist()):
             ranked[f].append((tuple(ids), auc))
