@@ -29,6 +29,7 @@ CORPUS = ROOT / "corpus" / "demo.jsonl"
 OUT = ROOT / "repro"
 SEED = 0
 PER_CLASS = 150  # positives and negatives per balanced feature
+DOMINANT = 0.8  # share of a lemma's tagged uses that must carry the concept
 TEST_FRACTION = 0.3
 # "one" is left out: it is mostly a pronoun ("one's", "no one").
 NUMBER_WORDS = set(
@@ -65,17 +66,22 @@ CONCEPTS = {
 }
 
 
-def read_nouns() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """(synset offset -> hypernym offsets, lemma -> its noun synset offsets in sense order)."""
-    for name in ("data.noun", "index.noun"):
+def read_nouns() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+    """(synset offset -> hypernym offsets, lemma -> its noun synset offsets in sense order,
+    noun sense key -> synset offset)."""
+    for name in ("data.noun", "index.noun", "cntlist.rev"):
         if not (WORDNET / name).is_file():
             sys.exit(f"{WORDNET / name} is missing: apt-get install wordnet-base")
     hypernyms: dict[str, list[str]] = {}
+    sense_keys: dict[str, str] = {}
     for line in (WORDNET / "data.noun").read_text(encoding="latin-1").splitlines():
         if line.startswith(" "):
             continue
         fields = line.split(" | ")[0].split()
-        offset, n_words = fields[0], int(fields[3], 16)
+        offset, lex_file, n_words = fields[0], int(fields[1]), int(fields[3], 16)
+        for i in range(n_words):
+            lemma, lex_id = fields[4 + 2 * i].lower(), int(fields[5 + 2 * i], 16)
+            sense_keys[f"{lemma}%1:{lex_file:02d}:{lex_id:02d}::"] = offset
         rest = fields[4 + 2 * n_words :]
         n_ptrs = int(rest[0])
         ptrs = [rest[1 + 4 * i : 5 + 4 * i] for i in range(n_ptrs)]
@@ -87,7 +93,16 @@ def read_nouns() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         fields = line.split()
         lemma, synset_cnt, p_cnt = fields[0], int(fields[2]), int(fields[3])
         senses[lemma] = fields[4 + p_cnt + 2 :][:synset_cnt]
-    return hypernyms, senses
+    return hypernyms, senses, sense_keys
+
+
+def tagged_counts() -> dict[str, dict[str, int]]:
+    """lemma -> {sense key: times that sense was tagged in WordNet's semantic concordance}, all parts of speech."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in (WORDNET / "cntlist.rev").read_text(encoding="latin-1").splitlines():
+        key, _, count = line.split()
+        counts.setdefault(key.split("%")[0], {})[key] = int(count)
+    return counts
 
 
 def under(offset: str, root: str, hypernyms: dict[str, list[str]], memo: dict[str, bool]) -> bool:
@@ -111,22 +126,37 @@ def other_pos_senses() -> dict[str, int]:
     return counts
 
 
-def lemma_set(root_lemma: str, hypernyms, senses, exclude: str = "hominid") -> set[str]:
-    """Single-word lemmas whose first (most frequent) noun sense lies below the root's first sense.
+def lemma_sets(root_lemma: str, hypernyms, senses, sense_keys, exclude: str = "hominid") -> tuple[set[str], set[str]]:
+    """(lemmas that in running text almost always mean something below the root's first sense,
+    lemmas with any such noun sense): single words, humans left out.
 
-    Lemmas used more as verbs or adjectives ("bear", "entire") and humans ("man") are left out: in
-    running text they rarely mention an animal.
+    A lemma is kept when at least `DOMINANT` of its tagged uses (WordNet's sense counts, every part of
+    speech) are such senses; untagged lemmas need their first noun sense below the root and no more senses
+    as a verb, adjective or adverb. "young" (mostly an adjective), "bat" (mostly the club or the verb)
+    and "queen" are left out this way. The second set names the words that may mean the concept, so
+    that such texts are neither positives nor negatives.
     """
     root, memo, human_memo = senses[root_lemma][0], {}, {}
     other = other_pos_senses()
-    return {
-        lemma
-        for lemma, offs in senses.items()
-        if "_" not in lemma
-        and under(offs[0], root, hypernyms, memo)
-        and not under(offs[0], senses[exclude][0], hypernyms, human_memo)
-        and other.get(lemma, 0) <= len(offs)
-    }
+    counts = tagged_counts()
+
+    def below(offset: str) -> bool:
+        return under(offset, root, hypernyms, memo) and not under(offset, senses[exclude][0], hypernyms, human_memo)
+
+    strong, weak = set(), set()
+    for lemma, offs in senses.items():
+        if "_" in lemma or not any(below(o) for o in offs):
+            continue
+        weak.add(lemma)
+        tagged = counts.get(lemma, {})
+        total = sum(tagged.values())
+        if total:
+            hits = sum(c for key, c in tagged.items() if key in sense_keys and below(sense_keys[key]))
+            if hits >= DOMINANT * total:
+                strong.add(lemma)
+        elif below(offs[0]) and other.get(lemma, 0) <= len(offs):
+            strong.add(lemma)
+    return strong, weak
 
 
 def words(text: str) -> list[str]:
@@ -134,22 +164,34 @@ def words(text: str) -> list[str]:
 
 
 def mentions(text: str, lemmas: set[str]) -> bool:
-    # Plain plurals count as mentions ("dogs" mentions a dog).
+    """Whether a word of `text` is one of `lemmas`; plain plurals count ("dogs" mentions a dog), names do not:
+    a capitalised word inside the sentence ("Elephant Island", "the Broncos") is a proper noun."""
+    tokens = re.findall(r"[A-Za-z]+", text)
+    return any(
+        (w.lower() in lemmas or (w.endswith("s") and w[:-1].lower() in lemmas)) and (i == 0 or not w[0].isupper())
+        for i, w in enumerate(tokens)
+    )
+
+
+def maybe_mentions(text: str, lemmas: set[str]) -> bool:
+    """Whether any word of `text`, capitalised or not, may be one of `lemmas`."""
     return any(w in lemmas or (w.endswith("s") and w[:-1] in lemmas) for w in words(text))
 
 
 def main() -> None:
-    hypernyms, senses = read_nouns()
-    mammals = lemma_set("mammal", hypernyms, senses)
-    animals = lemma_set("animal", hypernyms, senses)
+    hypernyms, senses, sense_keys = read_nouns()
+    mammals, maybe_mammals = lemma_sets("mammal", hypernyms, senses, sense_keys)
+    animals, maybe_animals = lemma_sets("animal", hypernyms, senses, sense_keys)
     records = [json.loads(line) for line in CORPUS.open()]
     english = [r["text"] for r in records if r["source"] == "wordnet-example"]
     chinese = [r["text"] for r in records if r["source"] in ("tang300", "song100")]
     rng = random.Random(SEED)
+    # Texts that may or may not mention the concept ("the young girl", "bat the ball") are in neither class.
     is_mammal = [t for t in english if mentions(t, mammals)]
+    no_mammal = {t for t in english if not maybe_mentions(t, maybe_mammals)}
     is_animal = [t for t in english if mentions(t, animals)]
-    other_animal = [t for t in is_animal if t not in set(is_mammal)]
-    plain = [t for t in english if not mentions(t, animals)]
+    other_animal = [t for t in is_animal if t in no_mammal]
+    plain = [t for t in english if not maybe_mentions(t, maybe_animals)]
     has_number = [t for t in english if re.search(r"\d", t) or set(words(t)) & NUMBER_WORDS]
     no_number = [t for t in english if t not in set(has_number)]
 
@@ -164,7 +206,7 @@ def main() -> None:
         3: (sample(has_number, PER_CLASS), sample(no_number, PER_CLASS)),
     }
     natural = sample(english, 3000)
-    features[4] = ([t for t in natural if t in set(is_mammal)], [t for t in natural if t not in set(is_mammal)])
+    features[4] = ([t for t in natural if t in set(is_mammal)], [t for t in natural if t in no_mammal])
 
     rows = []
     for fid, (pos, neg) in features.items():
@@ -204,7 +246,10 @@ def main() -> None:
     (OUT / "concepts.json").write_text(json.dumps(meta, indent=2) + "\n")
     for m in meta:
         print(f"{m['feature_id']}  {m['concept']:<18} {m['positives']:>4} positives  {m['negatives']:>5} negatives")
-    print(f"mammal lemmas {len(mammals)}, animal lemmas {len(animals)}; wrote {OUT}")
+    print(
+        f"mammal lemmas {len(mammals)} (+{len(maybe_mammals - mammals)} ambiguous), animal lemmas {len(animals)} "
+        f"(+{len(maybe_animals - animals)} ambiguous); wrote {OUT}"
+    )
 
 
 if __name__ == "__main__":
