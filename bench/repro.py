@@ -43,10 +43,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=OptimiserConfig.steps)
     parser.add_argument("--template", default=None, help="discriminator template (default: the discriminator's)")
+    parser.add_argument("--readout", default=None, help="embedding readout (default: the discriminator's)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "repro.json"))
     args = parser.parse_args()
     table, concepts = load_repro()
-    options = {"template": args.template} if args.template else {}
+    options = {k: v for k, v in (("template", args.template), ("readout", args.readout)) if v}
     disc = load_discriminator("minilm", **options)
     vocab = label_vocab(disc.tokenizer)
     results = []
@@ -77,7 +78,9 @@ def main() -> None:
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
-        json.dumps({"steps": args.steps, "template": disc.template, "results": results}, indent=2)
+        json.dumps(
+            {"steps": args.steps, "template": disc.template, "readout": disc.readout, "results": results}, indent=2
+        )
     )
 
 

@@ -63,7 +63,7 @@ class LabelActor:
         self,
         uri: str,
         discriminator: str,
-        template: str,
+        options: dict,
         optimiser: OptimiserConfig,
         batch_size: int,
         test_fraction: float,
@@ -72,7 +72,7 @@ class LabelActor:
     ):
         _use_cpus(cpus)
         self.store = RunStore(uri)
-        disc = load_discriminator(discriminator, template=template, device=default_device())
+        disc = load_discriminator(discriminator, device=default_device(), **options)
         self.labeler = Labeler(disc, label_vocab(disc.tokenizer), optimiser, batch_size, test_fraction, config_hash)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from workers.discriminators import READOUTS
 from workers.optimiser import MODES, OptimiserConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +44,11 @@ class RunConfig:
     template: str | None = None
     """prompt around the label slot: "{label}" for embedding models, text first then label for causal LMs
     (default: the discriminator's own)"""
+    readout: str | None = None
+    """embedding discriminators: what a label is compared with: "sentence+word" (default; the text's sentence
+    embedding and its best-matching word, summed), "sentence" or "word"; not for causal LMs"""
+    tie_window: float = 0.05
+    """labels this close to the best training AUROC are tied; the one most like the others is chosen"""
     naturalness_weight: float = 0.0
     """weight of the label's surprisal under a causal-LM discriminator's own next-token distribution"""
     seed: int = 0
@@ -87,6 +93,8 @@ class RunConfig:
             (self.label_tokens in range(1, 5), "label_tokens", "an integer from 1 to 4"),
             (self.optimiser in MODES, "optimiser", f"one of {list(MODES)}"),
             (self.steps >= 1, "steps", "at least 1"),
+            (self.readout is None or self.readout in READOUTS, "readout", f"one of {list(READOUTS)}"),
+            (0 <= self.tie_window < 1, "tie_window", "at least 0 and below 1"),
             (0 < self.test_fraction < 1, "test_fraction", "between 0 and 1"),
             (self.shard_size >= 1, "shard_size", "at least 1"),
             (self.features_per_batch >= 1, "features_per_batch", "at least 1"),
@@ -150,6 +158,10 @@ class RunConfig:
         keys = {k: v for k, v in self.to_dict().items() if k not in ("out", "actors")}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
+    def discriminator_options(self) -> dict:
+        """The discriminator options this config sets (template, readout); the rest are the model's defaults."""
+        return {k: v for k, v in (("template", self.template), ("readout", self.readout)) if v is not None}
+
     def optimiser_config(self) -> OptimiserConfig:
         return OptimiserConfig(
             mode=self.optimiser,
@@ -157,6 +169,7 @@ class RunConfig:
             steps=self.steps,
             seed=self.seed,
             naturalness_weight=self.naturalness_weight,
+            tie_window=self.tie_window,
         )
 
 

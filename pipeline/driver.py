@@ -71,7 +71,7 @@ def prepare_store(config: RunConfig) -> RunStore:
 
     Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
     """
-    check_discriminator(config.discriminator, config.template)
+    check_discriminator(config.discriminator, config.template, config.readout)
     store = RunStore(config.out)
     store.check_writable()
     if store.exists(CONFIG):
@@ -190,7 +190,7 @@ def write_examples(store: RunStore, h: Harvest, shards: list[Shard], texts: list
     """Per shard: the latents table and the examples (top, quantile, random and optional hard negatives)."""
     embed = None
     if config.hard_negatives:
-        embed = load_discriminator("minilm").encode_texts
+        embed = load_discriminator("minilm").embed_sentences
     for shard in shards:
         ids = list(shard.feature_ids)
         hard = hard_negative_ids(h, ids, texts, config.hard_negatives, embed) if embed else None
@@ -225,7 +225,7 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
     args = (
         config.out,
         config.discriminator,
-        config.template,
+        config.discriminator_options(),
         config.optimiser_config(),
         config.features_per_batch,
         config.test_fraction,

@@ -145,7 +145,7 @@ def evaluate(
             ray.shutdown()
 
     t1 = time.perf_counter()
-    disc = load_discriminator(config.discriminator, template=config.template)
+    disc = load_discriminator(config.discriminator, **config.discriminator_options())
     vocab = label_vocab(disc.tokenizer)
     labeler = Labeler(disc, vocab, config.optimiser_config(), config.features_per_batch, config.test_fraction)
     sae_ids = {PLANTED: list(range(len(data.categories))), SAE_RUN: feature_ids}

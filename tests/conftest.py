@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +21,38 @@ def minilm():
     from workers.discriminators import load_discriminator
 
     return load_discriminator("minilm")
+
+
+TINY_CAUSAL_LMS = {
+    "gpt2": lambda n: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=n)),
+    "llama": lambda n: LlamaForCausalLM(
+        LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            vocab_size=n,
+        )
+    ),
+}
+
+
+def save_tiny_causal_lm(kind: str, path) -> str:
+    """A tiny random causal LM (`kind` of TINY_CAUSAL_LMS) with MiniLM's tokenizer, saved as a model folder."""
+    from workers.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    torch.manual_seed(0)
+    TINY_CAUSAL_LMS[kind](len(tokenizer)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    return save_tiny_causal_lm("llama", tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session")

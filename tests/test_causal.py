@@ -2,38 +2,16 @@
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from conftest import TINY_CAUSAL_LMS, save_tiny_causal_lm
 
 from workers.discriminators import CausalLMDiscriminator, load_discriminator
-from workers.models import load_tokenizer
 from workers.vocab import label_vocab
 
-BUILDERS = {
-    "gpt2": lambda n: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=n)),
-    "llama": lambda n: LlamaForCausalLM(
-        LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=128,
-            vocab_size=n,
-        )
-    ),
-}
 
-
-@pytest.fixture(scope="module", params=sorted(BUILDERS))
+@pytest.fixture(scope="module", params=sorted(TINY_CAUSAL_LMS))
 def tiny_lm(request, tmp_path_factory):
     """A tiny causal LM with MiniLM's tokenizer, saved to a folder and loaded by path."""
-    tokenizer = load_tokenizer("minilm")
-    torch.manual_seed(0)
-    model = BUILDERS[request.param](len(tokenizer))
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return save_tiny_causal_lm(request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")

@@ -113,15 +113,15 @@ def test_examples_table_kinds(texts, whole):
 
 def test_hard_negatives_are_quiet_and_nearest(minilm, texts, whole):
     live = [int(f) for f in np.flatnonzero(whole.n_active > 0)][:5]
-    hard = hard_negative_ids(whole, live, texts, 3, minilm.encode_texts)
+    hard = hard_negative_ids(whole, live, texts, 3, minilm.embed_sentences)
     order = np.argsort(whole.pool_ctx)
     pool = whole.pool_ctx[order]
     for f in live:
         quiet = pool[~whole.pool_active(f)[order]]
         assert set(hard[f]) <= set(quiet.tolist()) and len(hard[f]) == min(3, len(quiet))
         tops = whole.top.ctx[f][whole.top.ctx[f] >= 0]
-        centre = torch.nn.functional.normalize(minilm.encode_texts([texts[c] for c in tops]).mean(0), dim=0)
-        sims = {int(c): float(minilm.encode_texts([texts[c]])[0] @ centre) for c in quiet}
+        centre = torch.nn.functional.normalize(minilm.embed_sentences([texts[c] for c in tops]).mean(0), dim=0)
+        sims = {int(c): float(minilm.embed_sentences([texts[c]])[0] @ centre) for c in quiet}
         assert sorted(sims, key=lambda c: -sims[c])[:3] == hard[f]
     table = examples_table(whole, live, texts, 0, 0, hard=hard).to_pylist()
     assert sum(r["kind"] == "hard" for r in table) == sum(len(v) for v in hard.values())

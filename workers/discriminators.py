@@ -19,7 +19,8 @@ from workers.models import MINILM, load_causal_lm, load_encoder, load_tokenizer,
 from workers.vocab import label_vocab
 
 LABEL_SLOT = "{label}"
-TEXT_CACHE_SIZE = 200_000  # text embeddings kept per discriminator (~300 MB at d=384)
+CACHE_SIZE = 200_000  # text and phrase embeddings each kept per discriminator (~300 MB at d=384)
+PHRASE_BATCH = 512  # short sequences (words, vocabulary tokens) per encoder pass
 
 
 class Discriminator(ABC):
@@ -69,38 +70,72 @@ class Discriminator(ABC):
         slot after each feature's texts (weighted by `weight` [F, n]); None when it has no such view."""
         return None
 
+    def token_states(self, token_ids: torch.Tensor) -> torch.Tensor | None:
+        """The model's own representation [T, s] of each single-token label where a label meets the texts only
+        through such a vector (see `state_logits`), so that a mixture of tokens can be scored as the mixture of
+        their states; None where label and text meet inside the model."""
+        return None
+
+    def state_logits(self, states: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
+        """Raw logits [F, n] of label states [F, s] (see `token_states`) against texts `index` [F, n]."""
+        raise TypeError(f"{type(self).__name__} meets labels and texts inside the model: it has no label states")
+
     def token_logits(self, token_ids: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
         """Raw logits [F, T, n] of every single-token label in `token_ids` [T] (exhaustive search)."""
         emb = self.embedding_matrix[token_ids][:, None, :]
         return torch.stack([self.score(emb, texts, index[f].expand(len(token_ids), -1)) for f in range(len(index))])
 
 
-class EmbeddingDiscriminator(Discriminator):
-    """Sentence-embedding encoder (sentence-transformers style): logit = cos(label, text).
+READOUTS = ("sentence", "word", "sentence+word")
 
-    Text embeddings are computed once; a step runs only the template with its K label slots through
-    the encoder.
+
+@dataclass
+class EncodedTexts:
+    """Per-text state of an embedding discriminator, computed once and reused at every step."""
+
+    sentences: torch.Tensor | None  # [N, d] unit sentence embeddings (sentence readouts)
+    words: torch.Tensor | None  # [N, L] each text's words as rows of `lexicon`; U pads (word readouts)
+    lexicon: torch.Tensor | None  # [U, d] unit embeddings of the distinct words of these texts
+
+
+class EmbeddingDiscriminator(Discriminator):
+    """Sentence-embedding encoder (sentence-transformers style): a label is embedded alone in its template
+    and compared by cosine with the text (`readout`):
+
+    - `sentence`: with the text's sentence embedding, "is the text about the label";
+    - `word`: with each word of the text embedded alone like a label, the best match counting, "does
+      the text say a word like the label". Most SAE latents fire on words, and a label and a word
+      embedded the same way compare like with like: a text saying "ten" or "1990" matches "number",
+      while the whole sentence's embedding mostly speaks of its topic;
+    - `sentence+word`: the sum of both.
+
+    Texts and words are embedded once (and kept across calls); a step runs only the template with its K
+    label slots through the encoder.
     """
 
     def __init__(
         self,
         model: str = MINILM,
         template: str = LABEL_SLOT,
+        readout: str = "sentence+word",
         max_length: int = 128,
         batch_size: int = 64,
         device: str = "cpu",
     ):
         self.check_template(template)
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {list(READOUTS)}")
         self.name = model
         self.template = template
+        self.readout = readout
         self.max_length = max_length
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model)
         self.model = load_encoder(model).to(device)
         self._embedding = self.model.get_input_embeddings().weight.detach()
         self._prefix, self._suffix = self._template_ids(*template.split(LABEL_SLOT))
-        self._vocab_cache: dict[tuple, torch.Tensor] = {}
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._phrase_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     @staticmethod
     def check_template(template: str) -> None:
@@ -130,23 +165,77 @@ class EmbeddingDiscriminator(Discriminator):
                 f"need 1 <= K and {n} <= {limit} positions"
             )
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def clear_cache(self) -> None:
+        """Forget the kept text and phrase embeddings (they are recomputed when next needed)."""
+        self._text_cache.clear()
+        self._phrase_cache.clear()
+
+    def embed_sentences(self, texts: list[str]) -> torch.Tensor:
+        """Unit sentence embeddings [N, d] of `texts` (mean-pooled, as the model was trained)."""
         # Shards share many contexts (the negative pool above all), so embeddings are kept across calls.
-        todo = sorted({t for t in texts if t not in self._text_cache}, key=len)
-        if len(self._text_cache) + len(todo) > TEXT_CACHE_SIZE:
-            self._text_cache.clear()
-            todo = sorted(set(texts), key=len)
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i : i + self.batch_size]
-            batch = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(self._embedding.device)
-            hidden = self.model(**batch).last_hidden_state
-            self._text_cache.update(zip(chunk, F.normalize(_mean_pool(hidden, batch["attention_mask"]), dim=-1)))
-        if not texts:
-            return torch.zeros(0, self._embedding.shape[1], device=self._embedding.device)
-        return torch.stack([self._text_cache[t] for t in texts])
+        tokenize = self.tokenizer
+        return self._embed_rows(
+            self._text_cache,
+            texts,
+            lambda todo: tokenize(todo, truncation=True, max_length=self.max_length)["input_ids"],
+            self.batch_size,
+        )
+
+    def embed_phrases(self, phrases: list[tuple[int, ...]]) -> torch.Tensor:
+        """Unit embeddings [P, d] of token-id sequences placed in the template, each exactly as `encode_labels`
+        embeds it as a discrete label (kept across calls: words recur across texts and shards)."""
+        prefix, suffix = self._prefix.tolist(), self._suffix.tolist()
+        return self._embed_rows(
+            self._phrase_cache, phrases, lambda todo: [prefix + list(p) + suffix for p in todo], PHRASE_BATCH
+        )
+
+    @torch.no_grad()
+    def _embed_rows(self, cache: dict, keys: list, rows_of, batch: int) -> torch.Tensor:
+        """Unit embeddings [len(keys), d], from `cache` or by encoding the token-id rows `rows_of(new keys)`;
+        rows of similar length go together (least padding) and the new embeddings are kept."""
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        if len(cache) + len(todo) > CACHE_SIZE:
+            cache.clear()
+            todo = list(dict.fromkeys(keys))
+        rows = rows_of(todo) if todo else []
+        order = sorted(range(len(todo)), key=lambda i: len(rows[i]))
+        pad = self.tokenizer.pad_token_id or 0
+        device = self._embedding.device
+        for i in range(0, len(order), batch):
+            part = order[i : i + batch]
+            lengths = torch.tensor([len(rows[j]) for j in part], device=device)
+            width = int(lengths.max())
+            ids = torch.tensor([rows[j] + [pad] * (width - len(rows[j])) for j in part], device=device)
+            mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            cache.update(zip((todo[j] for j in part), F.normalize(_mean_pool(hidden, mask), dim=-1)))
+        if not keys:
+            return torch.zeros(0, self._embedding.shape[1], device=device)
+        return torch.stack([cache[k] for k in keys])
+
+    def text_words(self, texts: list[str]) -> list[list[tuple[int, ...]]]:
+        """Each text's words, as the token ids the tokenizer gives each word (punctuation and each CJK
+        character count as words, as the tokenizer splits them)."""
+        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_length)
+        out = []
+        for i, ids in enumerate(encoded["input_ids"]):
+            words: dict[int, list[int]] = {}
+            for token, word in zip(ids, encoded.word_ids(i)):
+                words.setdefault(-1 if word is None else word, []).append(token)
+            out.append([tuple(w) for w in words.values()] or [(self.tokenizer.unk_token_id or 0,)])
+        return out
+
+    def encode_texts(self, texts: list[str]) -> EncodedTexts:
+        sentences = self.embed_sentences(texts) if self.readout != "word" else None
+        if self.readout == "sentence":
+            return EncodedTexts(sentences, None, None)
+        per_text = self.text_words(texts)
+        distinct = {w: i for i, w in enumerate(dict.fromkeys(w for ws in per_text for w in ws))}
+        width = max((len(ws) for ws in per_text), default=1)
+        words = torch.full((len(texts), width), len(distinct), dtype=torch.long)
+        for i, ws in enumerate(per_text):
+            words[i, : len(ws)] = torch.tensor([distinct[w] for w in ws])
+        return EncodedTexts(sentences, words.to(self._embedding.device), self.embed_phrases(list(distinct)))
 
     def encode_labels(self, label_embeds: torch.Tensor) -> torch.Tensor:
         """Unit sentence embeddings [F, d] of labels [F, K, d] placed in the template."""
@@ -158,19 +247,49 @@ class EmbeddingDiscriminator(Discriminator):
         hidden = self.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
         return F.normalize(_mean_pool(hidden, mask), dim=-1)
 
-    def logits(self, label_embeds: torch.Tensor, texts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("fd,fnd->fn", self.encode_labels(label_embeds), texts[index])
+    def token_states(self, token_ids: torch.Tensor) -> torch.Tensor:
+        # A token's state is its own embedding as a label, computed once and kept.
+        return self.embed_phrases([(t,) for t in token_ids.tolist()])
+
+    def state_logits(self, states: torch.Tensor, texts: EncodedTexts, index: torch.Tensor) -> torch.Tensor:
+        labels = F.normalize(states, dim=-1)  # a mixture of unit states is scored by its direction
+        out = 0
+        if texts.sentences is not None:
+            out = torch.einsum("rd,rnd->rn", labels, texts.sentences[index])
+        if texts.words is not None:
+            # Words are shared by texts, so each label meets each distinct word once.
+            out = out + _best_word(labels @ texts.lexicon.T, texts.words[index])
+        return out
+
+    def logits(self, label_embeds: torch.Tensor, texts: EncodedTexts, index: torch.Tensor) -> torch.Tensor:
+        return self.state_logits(self.encode_labels(label_embeds), texts, index)
 
     @torch.no_grad()
-    def token_logits(self, token_ids: torch.Tensor, texts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # Every token's label embedding is computed once per vocabulary and shared by all features.
-        key = tuple(token_ids.tolist())
-        if key not in self._vocab_cache:
-            emb = self._embedding[token_ids][:, None, :]
-            self._vocab_cache = {
-                key: torch.cat([self.encode_labels(emb[i : i + 1024]) for i in range(0, len(emb), 1024)])
-            }
-        return torch.einsum("td,fnd->ftn", self._vocab_cache[key], texts[index])
+    def token_logits(self, token_ids: torch.Tensor, texts: EncodedTexts, index: torch.Tensor) -> torch.Tensor:
+        labels = self.token_states(token_ids)
+        n_feat, n = index.shape
+        out = torch.zeros(n_feat, len(labels), n, device=labels.device)
+        if texts.sentences is not None:
+            out += torch.einsum("td,fnd->ftn", labels, texts.sentences[index])
+        if texts.words is not None:
+            words = texts.words[index]  # [F, n, L]
+            for start in range(0, len(labels), PHRASE_BATCH):
+                sims = _pad_column(labels[start : start + PHRASE_BATCH] @ texts.lexicon.T)
+                for f in range(n_feat):
+                    best = sims.index_select(1, words[f].flatten()).view(len(sims), *words.shape[1:])
+                    out[f, start : start + len(sims)] += best.amax(-1)
+        return out
+
+
+def _best_word(sims: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """[R, n]: per row, the best similarity `sims` [R, U] gives any of a text's words `words` [R, n, L] (rows of
+    the lexicon; U pads)."""
+    return _pad_column(sims).gather(1, words.flatten(1)).view(words.shape).amax(-1)
+
+
+def _pad_column(sims: torch.Tensor) -> torch.Tensor:
+    """`sims` [R, U] with a column U below any cosine, which padded word slots point at."""
+    return F.pad(sims, (0, 1), value=-2.0)
 
 
 TEXT_SLOT = "{text}"
@@ -341,9 +460,9 @@ def discriminator_kind(name: str) -> str:
     return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
 
 
-def check_discriminator(name: str, template: str | None = None) -> None:
-    """Refuse a discriminator that cannot be loaded, offers no label vocabulary or does not take `template`,
-    reading only its config and tokenizer (no weights), so that bad input fails before any work starts."""
+def check_discriminator(name: str, template: str | None = None, readout: str | None = None) -> None:
+    """Refuse a discriminator that cannot be loaded, offers no label vocabulary, or does not take `template` or
+    `readout`, reading only its config and tokenizer (no weights), so that bad input fails before any work."""
     try:
         kind = discriminator_kind(name)
         tokenizer = load_tokenizer(name)
@@ -356,15 +475,16 @@ def check_discriminator(name: str, template: str | None = None) -> None:
         label_vocab(tokenizer)
         if template is not None:
             DISCRIMINATORS[kind].check_template(template)
+        if readout is not None and kind != "embedding":
+            raise ValueError(f"readout {readout!r} is for embedding models; a {kind} discriminator reads yes/no")
     except ValueError as err:
         raise ValueError(f"discriminator {name!r}: {err}") from err
 
 
-def load_discriminator(name: str, kind: str = "auto", template: str | None = None, **options) -> Discriminator:
-    """Build a discriminator around model `name` ("minilm" = the bundled MiniLM); kind auto-detected."""
+def load_discriminator(name: str, kind: str = "auto", **options) -> Discriminator:
+    """Build a discriminator around model `name` ("minilm" = the bundled MiniLM); kind auto-detected; `options`
+    (template, readout, device, ...) go to its constructor."""
     kind = discriminator_kind(name) if kind == "auto" else kind
     if kind not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator kind {kind!r}; expected one of {sorted(DISCRIMINATORS)}")
-    if template is not None:
-        options["template"] = template
     return DISCRIMINATORS[kind](name, **options)

@@ -147,13 +147,13 @@ class Labeler:
             part = live[start : start + self.batch_size]
             t0 = time.perf_counter()
             batch, texts = self._encode(part)
-            for f, ex in enumerate(part):
-                ids = tuple(self.disc.tokenizer(labels[ex.feature_id], add_special_tokens=False)["input_ids"])
-                owner, label = (torch.tensor([x], device=self.optimiser.device) for x in (f, ids))
-                raw = self.optimiser.label_logits(owner, label, batch, texts).float().cpu().numpy()
-                train = roc_auc(raw[0, : len(ex.texts)][~ex.test], ex.positive[~ex.test])
-                seconds = (time.perf_counter() - t0) / len(part)
-                rows.append(self._scored_row(ex, Search([(ids, train)]), raw, seconds))
+            tokenize = self.disc.tokenizer
+            given = [tuple(tokenize(labels[ex.feature_id], add_special_tokens=False)["input_ids"]) for ex in part]
+            raws = self.optimiser.label_logits(list(range(len(part))), given, batch, texts).cpu().numpy()
+            seconds = (time.perf_counter() - t0) / len(part)
+            for ex, ids, raw in zip(part, given, raws):
+                train = roc_auc(raw[: len(ex.texts)][~ex.test], ex.positive[~ex.test])
+                rows.append(self._scored_row(ex, Search([(ids, train)]), raw[None], seconds))
             if progress is not None:
                 progress(len(part))
         rows.sort(key=lambda r: r["feature_id"])
@@ -202,10 +202,9 @@ class Labeler:
     def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
         """Per feature, the raw logits [alternatives, n] of its best candidates on all its examples; the
         candidates of the whole batch go through the discriminator together."""
-        device = self.optimiser.device
-        owner = torch.tensor([f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]], device=device)
-        ids = torch.tensor([c[0] for s in searches for c in s.candidates[:ALTERNATIVES]], device=device)
-        raw = self.optimiser.label_logits(owner, ids, batch, texts).float().cpu().numpy()
+        owner = [f for f, s in enumerate(searches) for _ in s.candidates[:ALTERNATIVES]]
+        ids = [c[0] for s in searches for c in s.candidates[:ALTERNATIVES]]
+        raw = self.optimiser.label_logits(owner, ids, batch, texts).cpu().numpy()
         return np.split(raw, np.cumsum([min(len(s.candidates), ALTERNATIVES) for s in searches])[:-1])
 
     def _scored_row(self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float) -> dict:

@@ -2,10 +2,16 @@
 finds most predictive of where each feature fires.
 
 A label is a logit vector `v` over the label vocabulary per slot. `st-gumbel` (default) feeds the
-discriminator the one-hot argmax of Gumbel-perturbed logits and passes the softmax gradient back
-(straight-through), so the loss is always measured on a real token; `soft` is the paper's plain
-relaxation, the expected embedding `softmax(v / T) @ E`; `exhaustive` scores every single token.
-All modes end the same way: candidate labels reranked by their discrete training AUROC.
+discriminator each slot's Gumbel-max token, so the loss is always measured on a real token, and moves the
+logits along the standardised gradient with respect to the token weights (a mirror-descent step). For a
+one-token label and a discriminator with a state per token (embedding models), the forward pass mixes the
+tokens' own label states, which is exact for a real token and needs no encoder pass; longer labels go
+through the model. `soft` is the paper's plain relaxation, the expected embedding `softmax(v / T) @ E`
+with an entropy term and Adam; `exhaustive` scores every single token.
+
+All modes end the same way: candidate labels reranked by their discrete training AUROC, where labels
+within `tie_window` of the best count as tied and the one most like the other tied ones leads (see
+`_name_first`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch.nn.functional as F
 
 from workers.discriminators import Discriminator
 from workers.scoring import batched_auc
+from workers.vocab import token_frequencies
 
 
 @dataclass
@@ -30,22 +37,26 @@ class OptimiserConfig:
     steps: int = 100
     """gradient steps per batch of features"""
     lr: float = 0.1
-    """step size on the vocabulary logits"""
+    """step size on the vocabulary logits (st-gumbel: of the mirror step; soft: Adam's)"""
     temperature: float = 1.0
     """softmax temperature T"""
     entropy_weight: float = 0.02
-    """weight of the entropy of softmax(v/T), ramped up linearly from 0 over the steps"""
+    """soft mode: weight of the entropy of softmax(v/T), ramped up linearly from 0 over the steps (st-gumbel's
+    forward pass is one token already)"""
     naturalness_weight: float = 0.0
     """weight of the label's surprisal under the discriminator's own next-token distribution (causal LMs)"""
     candidates: int = 10
     """candidates per feature reranked by discrete training AUROC"""
-    update: str = "mirror"
-    """mirror: logits step along the standardised gradient w.r.t. the token weights | adam: Adam on the logits"""
+    tie_window: float = 0.05
+    """candidates this close to the best training AUROC are tied (about two standard errors of an AUROC
+    on 100 examples per class); the one most like the others names the feature (0: plain AUROC order)"""
     seed: int = 0
 
 
 MODES = ("st-gumbel", "soft", "exhaustive")
 SCORE_ROWS = 1024  # discrete labels scored per discriminator pass
+MAX_TIED = 256  # exhaustive search proposes at most this many tied tokens per feature
+FREQUENCY_BONUS = 0.02  # naming among ties: centrality gained per unit of Zipf word frequency (x10 per billion)
 
 
 @dataclass
@@ -65,6 +76,12 @@ class Search:
     candidates: list[tuple[tuple[int, ...], float]]
     losses: dict[str, float] = field(default_factory=dict)
     steps: int = 0
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per feature [F], averaged over the label slots."""
+    probs = torch.softmax(logits, -1)
+    return -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
 
 
 def class_weights(positive: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -88,6 +105,7 @@ class LabelOptimiser:
         self.device = discriminator.embedding_matrix.device
         self.vocab = vocab.to(self.device)
         self.vocab_embeddings = discriminator.embedding_matrix[self.vocab]
+        self.frequency = token_frequencies(discriminator.tokenizer, vocab)
 
     def search(self, batch: FeatureBatch, texts: object) -> list[Search]:
         """Candidate labels for every feature of the batch, best training AUROC first."""
@@ -102,59 +120,76 @@ class LabelOptimiser:
         cfg = self.config
         n_feat, k, n_vocab = len(batch.index), cfg.label_tokens, len(self.vocab)
         dev = self.device
+        soft_mode = cfg.mode == "soft"
         gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-        v = (0.01 * torch.randn(n_feat, k, n_vocab, generator=gen, device=dev)).requires_grad_()
+        v = (0.01 * torch.randn(n_feat, k, n_vocab, generator=gen, device=dev)).requires_grad_(soft_mode)
         # Per-feature affine read-out of the raw logit: the discriminator's scale is arbitrary.
         log_scale = torch.full((n_feat, 1), 2.0, device=dev, requires_grad=True)
         bias = torch.zeros(n_feat, 1, device=dev, requires_grad=True)
-        opt = torch.optim.Adam([{"params": [v], "lr": cfg.lr}, {"params": [log_scale, bias], "lr": 0.05}])
+        params = [{"params": [log_scale, bias], "lr": 0.05}] + ([{"params": [v], "lr": cfg.lr}] if soft_mode else [])
+        opt = torch.optim.Adam(params)
         weight = class_weights(batch.positive, batch.train)
         # Examples per forward pass, so that memory is bounded by the discriminator's pair budget.
         cols = max(1, self.disc.pair_batch // n_feat)
         # Naturalness: the label's surprisal under the model's own next-token distribution at the slot.
         prior = self.disc.label_prior(self.vocab, texts, batch.index, weight * batch.positive)
         seen: list[set[tuple[int, ...]]] = [set() for _ in range(n_feat)]
+        # A one-token st-gumbel label is always a real token, so where the discriminator has a state per token
+        # (embedding models) mixing token states gives the exact forward pass without an encoder pass.
+        states = self.disc.token_states(self.vocab) if not soft_mode and k == 1 else None
+        rows = self.vocab_embeddings if states is None else states  # [V, d]: what a label mixes
         for step in range(cfg.steps):
-            logits = v / cfg.temperature
-            if cfg.mode == "st-gumbel":
-                u = torch.rand(v.shape, generator=gen, device=dev).clamp_(1e-9, 1 - 1e-9)
-                soft = torch.softmax(logits - torch.log(-torch.log(u)), -1)
-                hard = F.one_hot(soft.argmax(-1), n_vocab).to(soft.dtype)
-                mix = hard - soft.detach() + soft
-            else:
+            logits = v / cfg.temperature if cfg.temperature != 1 else v
+            if soft_mode:
                 mix = torch.softmax(logits, -1)
-            mix.retain_grad()
-            embeds = mix @ self.vocab_embeddings
+                embeds = mix @ rows
+            else:
+                # Straight-through Gumbel: the forward pass sees each slot's Gumbel-max token, the update follows
+                # the gradient with respect to the token weights.
+                noise = torch.rand(v.shape, generator=gen, device=dev).clamp_(1e-9, 1 - 1e-9).log_().neg_().log_()
+                pick = noise.neg_().add_(logits).argmax(-1)  # [F, K]: argmax of logits + Gumbel noise
+                embeds = rows[pick].requires_grad_()  # [F, K, d]
             opt.zero_grad()
             prediction = torch.zeros(n_feat, device=dev)
             for c in range(0, batch.index.shape[1], cols):
                 part = slice(c, c + cols)
-                raw = self.disc.logits(embeds, texts, batch.index[:, part])
+                if states is None:
+                    raw = self.disc.logits(embeds, texts, batch.index[:, part])
+                else:
+                    raw = self.disc.state_logits(embeds[:, 0], texts, batch.index[:, part])
                 target = (batch.positive[:, part]).float()
                 bce = F.binary_cross_entropy_with_logits(log_scale.exp() * raw + bias, target, reduction="none")
                 loss_part = (bce * weight[:, part]).sum(-1)
-                loss_part.sum().backward(retain_graph=True)
+                loss_part.sum().backward(retain_graph=soft_mode)
                 prediction += loss_part.detach()
-            probs = torch.softmax(logits, -1)
-            entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum(-1).mean(-1)
-            regular = cfg.entropy_weight * (step + 1) / cfg.steps * entropy
-            surprisal = None if prior is None else -(mix[:, 0] * prior).sum(-1)
-            if surprisal is not None:
-                regular = regular + cfg.naturalness_weight * surprisal
-            regular.sum().backward()
-            if cfg.update == "mirror":
-                g = mix.grad
-                with torch.no_grad():
-                    v -= cfg.lr * (g - g.mean(-1, keepdim=True)) / g.std(-1, keepdim=True).clamp(min=1e-12)
-                v.grad = None
+            if prior is None:
+                surprisal = None
+            elif soft_mode:
+                surprisal = -(mix[:, 0] * prior).sum(-1)
+            else:
+                surprisal = -prior.gather(1, pick[:, :1])[:, 0]
+            regular = torch.zeros(n_feat, device=dev) if surprisal is None else cfg.naturalness_weight * surprisal
+            if soft_mode:
+                # The paper's objective, with Adam on the logits: prediction + ramped entropy + naturalness.
+                regular = regular + cfg.entropy_weight * (step + 1) / cfg.steps * _entropy(logits)
+                regular.sum().backward()
+            else:
+                # Mirror step: the logits move along the standardised gradient w.r.t. the token weights (Adam's
+                # per-coordinate normalisation would give every token with a positive gradient the same step).
+                grad = embeds.grad @ rows.T  # [F, K, V]
+                if prior is not None:
+                    grad[:, 0] -= cfg.naturalness_weight * prior
+                grad -= grad.mean(-1, keepdim=True)
+                std = grad.square().mean(-1, keepdim=True).sqrt_().clamp_(min=1e-12)  # faster than Tensor.std
+                v.sub_(grad.div_(std), alpha=cfg.lr)
             opt.step()
             if step >= cfg.steps // 2:
                 # The argmax labels visited late in the descent are candidates too.
-                for f, ids in enumerate(v.detach().argmax(-1).tolist()):
-                    seen[f].add(tuple(self.vocab[ids].tolist()))
+                for f, ids in enumerate(self.vocab[v.detach().argmax(-1)].tolist()):
+                    seen[f].add(tuple(ids))
         losses = {
             "loss_prediction": prediction,
-            "loss_entropy": entropy.detach(),
+            "loss_entropy": _entropy(v.detach() / cfg.temperature),  # how far from one token the search ended
             "loss_total": prediction + regular.detach(),
         }
         if surprisal is not None:
@@ -170,6 +205,8 @@ class LabelOptimiser:
                     ids = best.clone()
                     ids[slot] = alt
                     cands.add(tuple(self.vocab[ids].tolist()))
+            # A label says each word once: "animals animals" is proposed as "animals".
+            cands = {tuple(dict.fromkeys(c)) for c in cands}
             proposals.append(sorted(cands))
         return proposals, losses, cfg.steps
 
@@ -180,34 +217,62 @@ class LabelOptimiser:
             part = slice(start, start + 8)
             raw = self.disc.token_logits(self.vocab, texts, batch.index[part])  # [f, T, n]
             auc = batched_auc(raw, batch.positive[part, None, :], batch.train[part, None, :])
-            best = auc.topk(min(self.config.candidates, len(self.vocab)), dim=-1).indices
+            # The best few, and every token tied with the best, so the tie rule sees them all.
+            tied = (auc >= auc.max(-1, keepdim=True).values - self.config.tie_window).sum(-1).max().item()
+            width = min(max(self.config.candidates, min(tied, MAX_TIED)), len(self.vocab))
+            best = auc.topk(width, dim=-1).indices
             proposals += [[(int(self.vocab[i]),) for i in row] for row in best]
         return proposals
 
     @torch.no_grad()
-    def label_logits(self, owner: torch.Tensor, labels: torch.Tensor, batch: FeatureBatch, texts: object):
-        """Raw logits [R, n] of discrete labels `labels` [R, K] (token ids) on the examples of features `owner`
-        [R], SCORE_ROWS labels per pass: bounds the [labels, examples, d] gather of an embedding model."""
-        return torch.cat(
-            [
-                self.disc.score(
-                    self.disc.embedding_matrix[labels[i : i + SCORE_ROWS]],
-                    texts,
-                    batch.index[owner[i : i + SCORE_ROWS]],
-                )
-                for i in range(0, len(labels), SCORE_ROWS)
-            ]
-        )
+    def label_logits(self, owner: list[int], labels: list[tuple[int, ...]], batch: FeatureBatch, texts: object):
+        """Raw logits [R, n] of discrete labels `labels` (token ids, any lengths) on the examples of features
+        `owner` [R]; labels of one length go through the discriminator together, SCORE_ROWS per pass (bounds
+        the [labels, examples, d] gather of an embedding model)."""
+        out = torch.empty(len(labels), batch.index.shape[1], device=self.device)
+        by_length: dict[int, list[int]] = {}
+        for row, ids in enumerate(labels):
+            by_length.setdefault(len(ids), []).append(row)
+        for length, rows in by_length.items():
+            for i in range(0, len(rows), SCORE_ROWS):
+                part = rows[i : i + SCORE_ROWS]
+                ids = torch.tensor([labels[r] for r in part], device=self.device)
+                index = batch.index[torch.tensor([owner[r] for r in part], device=self.device)]
+                states = self.disc.token_states(ids[:, 0]) if length == 1 else None
+                if states is not None:  # one-token labels: their kept states, no encoder pass
+                    out[part] = self.disc.state_logits(states, texts, index).float()
+                else:
+                    out[part] = self.disc.score(self.disc.embedding_matrix[ids], texts, index).float()
+        return out
 
     @torch.no_grad()
     def _rerank(self, proposals: list[list[tuple[int, ...]]], batch: FeatureBatch, texts: object):
         """Score every candidate as a discrete label on the training split; best first."""
-        owner = torch.tensor([f for f, cands in enumerate(proposals) for _ in cands], device=self.device)
-        labels = torch.tensor([ids for cands in proposals for ids in cands], device=self.device)
+        owner = [f for f, cands in enumerate(proposals) for _ in cands]
+        labels = [ids for cands in proposals for ids in cands]
         raw = self.label_logits(owner, labels, batch, texts)
-        aucs = batched_auc(raw, batch.positive[owner], batch.train[owner])
+        rows = torch.tensor(owner, device=self.device)
+        aucs = batched_auc(raw, batch.positive[rows], batch.train[rows])
         ranked: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in proposals]
-        for f, ids, auc in zip(owner.tolist(), labels.tolist(), aucs.tolist()):
-            ranked[f].append((tuple(ids), auc))
-        # Stable sort: among equal training AUROCs the proposal order decides, so results are deterministic.
-        return [sorted(r, key=lambda c: -c[1]) for r in ranked]
+        for f, ids, auc in zip(owner, labels, aucs.tolist()):
+            ranked[f].append((ids, auc))
+        # Stable sorts: among equal scores the proposal order decides, so results are deterministic.
+        return [self._name_first(sorted(r, key=lambda c: -c[1])) for r in ranked]
+
+    def _name_first(self, ranked: list[tuple[tuple[int, ...], float]]) -> list[tuple[tuple[int, ...], float]]:
+        """Candidates best AUROC first, except that among those tied with the best (within `tie_window`) the
+        label most like the other tied ones leads, common words a little favoured.
+
+        The tied labels predict equally well: they are alternative names of one concept (members, neighbours,
+        the category itself), and the one nearest all of them, the medoid, names what they share; the best
+        single predictor is often a frequent member ("horse") or a rare near-synonym."""
+        if not ranked or self.config.tie_window <= 0:
+            return ranked
+        tied = [c for c in ranked if c[1] >= ranked[0][1] - self.config.tie_window][:MAX_TIED]
+        vectors = F.normalize(
+            torch.stack([self.disc.embedding_matrix[list(c[0])].float().mean(0) for c in tied]), dim=-1
+        )
+        centrality = (vectors @ vectors.T).mean(1).cpu()
+        frequency = torch.tensor([min(float(self.frequency[i]) for i in c[0]) for c in tied])
+        lead = tied[int((centrality + FREQUENCY_BONUS * frequency).argmax())]
+        return [lead] + [c for c in ranked if c is not lead]

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from wordfreq import zipf_frequency
 
 # Function words carry no concept; as labels they only win on dataset artefacts.
 STOPWORDS = frozenset(
@@ -19,6 +20,7 @@ STOPWORDS = frozenset(
 )
 
 WORD = re.compile(r"[a-z]{2,}")
+FREQUENCY_LANGUAGE = "en"  # the language of the default word pattern
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,12 @@ def label_vocab(tokenizer, vocab_filter: VocabFilter = VocabFilter()) -> torch.T
     if not ids:
         raise ValueError(f"the label vocabulary is empty: no token of the tokenizer matches {vocab_filter}")
     return torch.tensor(ids, dtype=torch.long)
+
+
+def token_frequencies(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """Zipf frequency (log10 per billion words, 0 when unknown) of each token `ids` spells as a word,
+    as a tensor over the whole tokenizer so that any label's token ids index it."""
+    freq = torch.zeros(len(tokenizer))
+    for token_id, token in zip(ids.tolist(), tokenizer.convert_ids_to_tokens(ids.tolist())):
+        freq[token_id] = zipf_frequency(tokenizer.convert_tokens_to_string([token]).strip(), FREQUENCY_LANGUAGE)
+    return freq

@@ -1,0 +1,76 @@
+"""The embedding discriminator (real MiniLM): its readouts, and that every way of scoring a label agrees."""
+
+import pytest
+import torch
+
+from pipeline.config import RunConfig
+from workers.discriminators import READOUTS, EmbeddingDiscriminator, check_discriminator
+
+TEXTS = ["The horse reared in terror", "he paid ten dollars for it", "长风几万里，吹度玉门关。", "a quiet evening"]
+WORDS = ["horse", "number", "chinese", "music"]
+
+
+@pytest.fixture(scope="module", params=READOUTS)
+def disc(request, minilm):
+    if request.param == minilm.readout:
+        return minilm
+    return EmbeddingDiscriminator(readout=request.param)
+
+
+def token_ids(disc, words):
+    return torch.tensor(disc.tokenizer.convert_tokens_to_ids(words))
+
+
+def test_a_word_of_the_text_embeds_as_the_same_word_does_as_a_label(minilm):
+    ids = token_ids(minilm, WORDS)
+    states = minilm.token_states(ids)
+    labels = minilm.encode_labels(minilm.embedding_matrix[ids][:, None])
+    assert torch.allclose(states, labels, atol=1e-5)
+    words = minilm.text_words(["horses, 1990!"])[0]
+    assert [minilm.tokenizer.decode(list(w)) for w in words] == ["horses", ",", "1990", "!"]
+
+
+def test_word_readout_scores_a_text_saying_the_label_one():
+    disc = EmbeddingDiscriminator(readout="word")
+    horse = disc.embedding_matrix[token_ids(disc, ["horse"])][:, None]
+    raw = disc.logits(horse, disc.encode_texts(TEXTS), torch.arange(4)[None])
+    assert raw[0, 0].item() == pytest.approx(1.0, abs=1e-5)
+    assert (raw[0, 1:] < 0.9).all()
+
+
+def test_exhaustive_token_states_and_label_paths_agree(disc):
+    """token_logits (exhaustive), state_logits of token states (one-token descent) and logits of input embeddings
+    (any K) give one logit for the same discrete label."""
+    ids = token_ids(disc, WORDS)
+    texts = disc.encode_texts(TEXTS)
+    index = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    exhaustive = disc.token_logits(ids, texts, index)  # [2 features, 4 tokens, 4 texts]
+    for t in range(len(ids)):
+        rows = ids[t].expand(2)
+        from_states = disc.state_logits(disc.token_states(rows), texts, index)
+        from_embeddings = disc.logits(disc.embedding_matrix[rows][:, None], texts, index)
+        assert torch.allclose(exhaustive[:, t], from_states, atol=1e-5)
+        assert torch.allclose(exhaustive[:, t], from_embeddings, atol=1e-5)
+
+
+def test_readouts_differ_as_designed(minilm):
+    """The sentence readout sees what a text is about; the word readout what words it says."""
+    number = token_ids(minilm, ["number"])
+    index = torch.arange(4)[None]
+    scores = {}
+    for readout in READOUTS:
+        disc = minilm if readout == minilm.readout else EmbeddingDiscriminator(readout=readout)
+        scores[readout] = disc.logits(disc.embedding_matrix[number][:, None], disc.encode_texts(TEXTS), index)[0]
+    sentence, word, both = scores["sentence"], scores["word"], scores["sentence+word"]
+    assert torch.allclose(both, sentence + word, atol=1e-5)
+    # "ten" is a number word: its text is the word readout's best match for "number".
+    assert word.argmax().item() == 1
+
+
+def test_bad_readouts_are_refused(tiny_llama_dir):
+    with pytest.raises(ValueError, match="unknown readout 'tokens'"):
+        EmbeddingDiscriminator(readout="tokens")
+    with pytest.raises(ValueError, match="config key 'readout' = 'tokens'"):
+        RunConfig(out="x", readout="tokens")
+    with pytest.raises(ValueError, match="readout 'word' is for embedding models"):
+        check_discriminator(tiny_llama_dir, readout="word")
