@@ -71,7 +71,7 @@ def prepare_store(config: RunConfig) -> RunStore:
 
     Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
     """
-    check_discriminator(config.discriminator, config.template, config.readout)
+    check_discriminator(config.discriminator, config.template, config.readout, config.label_tokens)
     store = RunStore(config.out)
     store.check_writable()
     if store.exists(CONFIG):

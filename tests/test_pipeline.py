@@ -112,6 +112,25 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
         driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "b", discriminator=str(folder)))
     with pytest.raises(ValueError, match="'minilm': template 'no slot' must contain {label}"):
         driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "c", template="no slot"))
+    # A causal LM with positions for one-token labels only.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from workers.discriminators import CAUSAL_TEMPLATE, CausalLMDiscriminator
+    from workers.models import load_tokenizer
+
+    short = tmp_path / "short-lm"
+    tokenizer = load_tokenizer("minilm")
+    one = CausalLMDiscriminator.prompt_positions(
+        tokenizer, CAUSAL_TEMPLATE, 1, CausalLMDiscriminator.default_max_length
+    )
+    small = dict(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=one + 1, **small)).save_pretrained(
+        short
+    )
+    tokenizer.save_pretrained(short)
+    with pytest.raises(ValueError, match="label_tokens=4 does not fit"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "d", discriminator=str(short), label_tokens=4))
+    assert not (tmp_path / "d" / "config.yaml").exists()
     assert not (tmp_path / "c" / "config.yaml").exists()
     assert not (tmp_path / "a").exists() or not (tmp_path / "a" / "config.yaml").exists()
     assert not (tmp_path / "b" / "config.yaml").exists()

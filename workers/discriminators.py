@@ -23,6 +23,27 @@ CACHE_SIZE = 200_000  # text and phrase embeddings each kept per discriminator (
 PHRASE_BATCH = 512  # short sequences (words, vocabulary tokens) per encoder pass
 
 
+def template_ids(tokenizer, template: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the label slot of an embedding model's template, special tokens included:
+    the template is tokenised with a marker word in the slot and cut around it, so that [CLS] and [SEP] land
+    where the tokenizer puts them."""
+    before, after = template.split(LABEL_SLOT)
+    marker = "[MASK]" if tokenizer.mask_token else "X"
+    ids = tokenizer(f"{before}{marker}{after}")["input_ids"]
+    pos = ids.index(tokenizer.convert_tokens_to_ids(marker))
+    return ids[:pos], ids[pos + 1 :]
+
+
+def check_fits(name: str, config, positions: int, k: int, template: str) -> None:
+    """Refuse labels of k tokens when the prompt needs more positions than model `name`'s `config` has."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    if k < 1 or positions > limit:
+        raise ValueError(
+            f"label_tokens={k} does not fit {name} with template {template!r}: "
+            f"need 1 <= K and {positions} <= {limit} positions"
+        )
+
+
 class Discriminator(ABC):
     """A frozen model that scores (label, text) pairs; see the module docstring."""
 
@@ -39,9 +60,23 @@ class Discriminator(ABC):
     def check_template(template: str) -> None:
         """Raise ValueError when `template` does not have the slots this kind of discriminator needs."""
 
+    template: str
+    max_length: int
+    model: object
+    default_template: str
+    """the template when none is given"""
+    default_max_length: int
+    """text tokens kept when none is given"""
+
+    @staticmethod
     @abstractmethod
+    def prompt_positions(tokenizer, template: str, k: int, max_length: int) -> int:
+        """Positions the longest prompt with a k-token label takes (texts cut at `max_length` tokens)."""
+
     def check_label_tokens(self, k: int) -> None:
         """Raise ValueError when labels of k tokens do not fit the model and template."""
+        positions = self.prompt_positions(self.tokenizer, self.template, k, self.max_length)
+        check_fits(self.name, self.model.config, positions, k, self.template)
 
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> object:
@@ -113,12 +148,15 @@ class EmbeddingDiscriminator(Discriminator):
     label slots through the encoder.
     """
 
+    default_template = LABEL_SLOT
+    default_max_length = 128
+
     def __init__(
         self,
         model: str = MINILM,
-        template: str = LABEL_SLOT,
+        template: str = default_template,
         readout: str = "sentence+word",
-        max_length: int = 128,
+        max_length: int = default_max_length,
         batch_size: int = 64,
         device: str = "cpu",
     ):
@@ -133,7 +171,10 @@ class EmbeddingDiscriminator(Discriminator):
         self.tokenizer = load_tokenizer(model)
         self.model = load_encoder(model).to(device)
         self._embedding = self.model.get_input_embeddings().weight.detach()
-        self._prefix, self._suffix = self._template_ids(*template.split(LABEL_SLOT))
+        self._prefix, self._suffix = (
+            torch.tensor(ids, dtype=torch.long, device=self._embedding.device)
+            for ids in template_ids(self.tokenizer, template)
+        )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._phrase_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -142,28 +183,14 @@ class EmbeddingDiscriminator(Discriminator):
         if template.count(LABEL_SLOT) != 1:
             raise ValueError(f"template {template!r} must contain {LABEL_SLOT} exactly once")
 
-    def _template_ids(self, before: str, after: str) -> tuple[torch.Tensor, torch.Tensor]:
-        # Tokenise the template with a marker word in the slot and cut around it, so special tokens
-        # ([CLS], [SEP]) land where the tokenizer would put them.
-        marker = "[MASK]" if self.tokenizer.mask_token else "X"
-        ids = self.tokenizer(f"{before}{marker}{after}")["input_ids"]
-        marker_id = self.tokenizer.convert_tokens_to_ids(marker)
-        pos = ids.index(marker_id)
-        device = self._embedding.device
-        return torch.tensor(ids[:pos], device=device), torch.tensor(ids[pos + 1 :], device=device)
+    @staticmethod
+    def prompt_positions(tokenizer, template: str, k: int, max_length: int) -> int:
+        prefix, suffix = template_ids(tokenizer, template)
+        return len(prefix) + k + len(suffix)
 
     @property
     def embedding_matrix(self) -> torch.Tensor:
         return self._embedding
-
-    def check_label_tokens(self, k: int) -> None:
-        n = len(self._prefix) + k + len(self._suffix)
-        limit = self.model.config.max_position_embeddings
-        if k < 1 or n > limit:
-            raise ValueError(
-                f"label_tokens={k} does not fit {self.name} with template {self.template!r}: "
-                f"need 1 <= K and {n} <= {limit} positions"
-            )
 
     def clear_cache(self) -> None:
         """Forget the kept text and phrase embeddings (they are recomputed when next needed)."""
@@ -313,12 +340,15 @@ class CausalLMDiscriminator(Discriminator):
     suffix (the K label slots and the question) forward and backward.
     """
 
+    default_template = CAUSAL_TEMPLATE
+    default_max_length = 64
+
     def __init__(
         self,
         model: str,
-        template: str = CAUSAL_TEMPLATE,
+        template: str = default_template,
         answers: tuple[str, str] = ("yes", "no"),
-        max_length: int = 64,
+        max_length: int = default_max_length,
         batch_size: int = 16,
         pair_batch: int = 4096,
         device: str = "cpu",
@@ -362,18 +392,12 @@ class CausalLMDiscriminator(Discriminator):
     def embedding_matrix(self) -> torch.Tensor:
         return self._embedding
 
-    def _limit(self) -> int:
-        cfg = self.model.config
-        return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
-
-    def check_label_tokens(self, k: int) -> None:
-        prefix = self.max_length + len(self._ids(self._before_text + self._before_label)) + 1
-        n = prefix + k + len(self._suffix)
-        if k < 1 or n > self._limit():
-            raise ValueError(
-                f"label_tokens={k} does not fit {self.name} with template {self.template!r}: "
-                f"need 1 <= K and {n} <= {self._limit()} positions"
-            )
+    @staticmethod
+    def prompt_positions(tokenizer, template: str, k: int, max_length: int) -> int:
+        before_text, rest = template.split(TEXT_SLOT)
+        before_label, after = rest.split(LABEL_SLOT)
+        words = len(tokenizer(before_text + before_label + after, add_special_tokens=False)["input_ids"])
+        return 1 + max_length + words + k  # BOS, the text, the template's words, the label
 
     def prefix_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [N, width] of each text's prompt up to the label slot, left-padded:
@@ -460,10 +484,14 @@ def discriminator_kind(name: str) -> str:
     return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
 
 
-def check_discriminator(name: str, template: str | None = None, readout: str | None = None) -> None:
-    """Refuse a discriminator that cannot be loaded, offers no label vocabulary, or does not take `template` or
-    `readout`, reading only its config and tokenizer (no weights), so that bad input fails before any work."""
+def check_discriminator(
+    name: str, template: str | None = None, readout: str | None = None, label_tokens: int = 1
+) -> None:
+    """Refuse a discriminator that cannot be loaded, offers no label vocabulary, does not take `template` or
+    `readout`, or has too few positions for labels of `label_tokens` tokens, reading only its config and
+    tokenizer (no weights), so that bad input fails before any work."""
     try:
+        config = AutoConfig.from_pretrained(resolve_model(name))
         kind = discriminator_kind(name)
         tokenizer = load_tokenizer(name)
     except (OSError, ValueError) as err:
@@ -473,10 +501,13 @@ def check_discriminator(name: str, template: str | None = None, readout: str | N
         ) from err
     try:
         label_vocab(tokenizer)
-        if template is not None:
-            DISCRIMINATORS[kind].check_template(template)
+        cls = DISCRIMINATORS[kind]
+        template = cls.default_template if template is None else template
+        cls.check_template(template)
         if readout is not None and kind != "embedding":
             raise ValueError(f"readout {readout!r} is for embedding models; a {kind} discriminator reads yes/no")
+        positions = cls.prompt_positions(tokenizer, template, label_tokens, cls.default_max_length)
+        check_fits(name, config, positions, label_tokens, template)
     except ValueError as err:
         raise ValueError(f"discriminator {name!r}: {err}") from err
 
