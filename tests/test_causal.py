@@ -51,3 +51,26 @@ def test_templates_and_k_that_do_not_fit_are_refused(tiny_lm, disc):
     with pytest.raises(ValueError, match="label_tokens=60 does not fit"):
         disc.check_label_tokens(60)
     disc.check_label_tokens(4)
+
+
+@pytest.mark.parametrize("mode", ["st-gumbel", "soft"])
+def test_a_bfloat16_model_labels_with_float32_token_weights(tiny_lm, demo_texts, mode):
+    """The dtype a GPU run uses: the model in bfloat16, the optimiser's weights and gradients in float32."""
+    import pyarrow as pa
+
+    from workers.labeler import Labeler
+    from workers.optimiser import OptimiserConfig
+
+    disc = CausalLMDiscriminator(tiny_lm, dtype=torch.bfloat16)
+    texts = demo_texts["wordnet-example"][:12]
+    table = pa.table(
+        {
+            "feature_id": pa.array([0] * 12, pa.int64()),
+            "text": texts,
+            "activation": pa.array([float(i % 2) for i in range(12)], pa.float32()),
+        }
+    )
+    cfg = OptimiserConfig(mode=mode, steps=3, naturalness_weight=0.1)
+    [row] = Labeler(disc, label_vocab(disc.tokenizer)[:500], cfg).label(table, [0]).to_pylist()
+    assert row["status"] == "ok" and row["label"] and row["score"] is not None
+    assert row["loss_naturalness"] is not None

@@ -28,6 +28,7 @@ LABELS_SCHEMA = pa.schema(
         ("alternatives", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
         ("loss_prediction", pa.float64()),
         ("loss_entropy", pa.float64()),
+        ("loss_naturalness", pa.float64()),
         ("loss_total", pa.float64()),
         ("steps", pa.int64()),
         ("seconds", pa.float64()),

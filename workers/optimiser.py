@@ -104,7 +104,8 @@ class LabelOptimiser:
         self.config = config
         self.device = discriminator.embedding_matrix.device
         self.vocab = vocab.to(self.device)
-        self.vocab_embeddings = discriminator.embedding_matrix[self.vocab]
+        # In float32 whatever the model dtype: the optimiser mixes rows with float32 token weights.
+        self.vocab_embeddings = discriminator.embedding_matrix[self.vocab].float()
         self.frequency = token_frequencies(discriminator.tokenizer, vocab)
 
     def search(self, batch: FeatureBatch, texts: object) -> list[Search]:
