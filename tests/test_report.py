@@ -134,6 +134,8 @@ def chromium(tmp_path):
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--remote-debugging-port={port}",
+            # Chromium refuses DevTools websockets from an origin it was not told to allow.
+            f"--remote-allow-origins=http://127.0.0.1:{port}",
             "--window-size=1280,1000",
             "about:blank",
         ],
