@@ -478,9 +478,11 @@ DISCRIMINATORS: dict[str, Callable[..., Discriminator]] = {
 }
 
 
-def discriminator_kind(name: str) -> str:
-    """ "causal-lm" for a model whose config names a causal-LM architecture, else "embedding"."""
-    architectures = AutoConfig.from_pretrained(resolve_model(name)).architectures or []
+def discriminator_kind(name: str, config=None) -> str:
+    """ "causal-lm" for a model whose config (read when not given) names a causal-LM architecture, else
+    "embedding"."""
+    config = AutoConfig.from_pretrained(resolve_model(name)) if config is None else config
+    architectures = config.architectures or []
     return "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else "embedding"
 
 
@@ -492,7 +494,7 @@ def check_discriminator(
     tokenizer (no weights), so that bad input fails before any work."""
     try:
         config = AutoConfig.from_pretrained(resolve_model(name))
-        kind = discriminator_kind(name)
+        kind = discriminator_kind(name, config)
         tokenizer = load_tokenizer(name)
     except (OSError, ValueError) as err:
         raise ValueError(

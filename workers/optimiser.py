@@ -55,7 +55,7 @@ class OptimiserConfig:
 
 MODES = ("st-gumbel", "soft", "exhaustive")
 SCORE_ROWS = 1024  # discrete labels scored per discriminator pass
-MAX_TIED = 256  # exhaustive search proposes at most this many tied tokens per feature
+MAX_TIED = 256  # tied candidates per feature: exhaustive search proposes, and naming compares, at most this many
 FREQUENCY_BONUS = 0.02  # naming among ties: centrality gained per unit of Zipf word frequency (x10 per billion)
 
 
