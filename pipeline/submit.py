@@ -134,7 +134,7 @@ def follow(jobs, job_id: str) -> str:
 def job_main() -> None:
     """The job's entrypoint on the cluster: run the config handed over in TOKLABEL_RUN_CONFIG."""
     from pipeline import driver
-    from pipeline.cli import summary
+    from pipeline.summary import summary
 
     raw = os.environ.get(CONFIG_VAR)
     if not raw:
