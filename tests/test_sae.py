@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from workers.sae import ARCHITECTURES, SAEConfig, build_sae, load_sae, save_saelens, sparsify_hook
@@ -294,3 +295,47 @@ def test_pickled_npz_is_refused(tmp_path):
     np.savez(tmp_path / "params.npz", W_enc=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"params\.npz: not a readable"):
         load_sae(tmp_path, model_name="m", hook_name="h")
+
+
+def test_saes_by_name_are_parsed_and_looked_up(tmp_path):
+    from workers.sae_hub import parse, saelens_location
+
+    assert parse("hf:google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82") == (
+        "google/gemma-scope-2b-pt-res",
+        "layer_12/width_16k/average_l0_82",
+    )
+    assert parse("hf:EleutherAI/sae-llama-3-8b-32x") == ("EleutherAI/sae-llama-3-8b-32x", "")
+    for bad, expected in [("hf:justone", "OWNER/REPO"), ("saelens:release-only", "RELEASE:SAE_ID")]:
+        with pytest.raises(ValueError, match=expected):
+            parse(bad)
+    directory = tmp_path / "pretrained_saes.yaml"
+    release = {
+        "repo_id": "google/gemma-scope-2b-pt-res",
+        "model": "gemma-2-2b",
+        "saes": [{"id": "layer_5/x", "path": "layer_5/width_16k/l0_68"}],
+    }
+    for layout in ({"SAE_LOOKUP": {"gemma-scope": release}}, {"gemma-scope": release}):
+        directory.write_text(yaml.safe_dump(layout))
+        assert saelens_location("gemma-scope", "layer_5/x", directory) == (
+            "google/gemma-scope-2b-pt-res",
+            "layer_5/width_16k/l0_68",
+        )
+    with pytest.raises(ValueError, match="no SAE 'layer_9'; its ids include \\['layer_5/x'\\]"):
+        saelens_location("gemma-scope", "layer_9", directory)
+    with pytest.raises(ValueError, match="no release 'other'"):
+        saelens_location("other", "x", directory)
+
+
+def test_a_named_sae_offline_is_refused_before_any_work(tiny_sae_dir, tmp_path):
+    from test_pipeline import small_config
+
+    from pipeline import driver
+
+    spec = "hf:google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"
+    with pytest.raises(ValueError, match="cannot be downloaded: the hub is offline \\(HF_HUB_OFFLINE=1\\)"):
+        load_sae(spec)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a text\n")
+    with pytest.raises(ValueError, match="cannot be downloaded"):
+        driver.run(small_config(spec, corpus, tmp_path / "run"))
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -15,6 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from workers.sae_hub import resolve_sae
+
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSIFY_FILE = "sae.safetensors"
@@ -364,8 +366,9 @@ def detect_format(path: Path) -> str:
 
 
 def load_sae(path: str | Path, device: str = "cpu", model_name: str | None = None, hook_name: str | None = None) -> SAE:
-    """Load an SAE from any supported format; `model_name`/`hook_name` fill in what the file does not say."""
-    path = Path(path)
+    """Load an SAE from any supported format, local or named (`saelens:`/`hf:`, see workers.sae_hub);
+    `model_name`/`hook_name` fill in what the file does not say."""
+    path = Path(resolve_sae(path))
     if not path.exists():
         raise FileNotFoundError(f"SAE folder not found: {path}")
     fmt = FORMATS[detect_format(path)]
