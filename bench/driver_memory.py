@@ -62,6 +62,8 @@ def tiny_discriminator(folder: Path, n_words: int = 512) -> str:
 
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    from workers.discriminators.embedding import save_sentence_encoder_files
+
     fillers = ["".join(p) for p in product(ascii_lowercase, repeat=3)][:n_words]
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "of", "day", *WORDS, *fillers]
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
@@ -70,6 +72,7 @@ def tiny_discriminator(folder: Path, n_words: int = 512) -> str:
     )
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
+    save_sentence_encoder_files(folder)
     return str(folder)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers and the hub client read it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from workers.corpus import DEMO_CORPUS  # noqa: E402
 from workers.sae import SAEConfig, build_sae, save_saelens  # noqa: E402
@@ -23,36 +23,85 @@ def minilm():
     return load_discriminator("minilm")
 
 
-TINY_CAUSAL_LMS = {
-    "gpt2": lambda n: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=n)),
-    "llama": lambda n: LlamaForCausalLM(
-        LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=64,
-            intermediate_size=128,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=128,
-            vocab_size=n,
-        )
-    ),
+# Tiny random causal LMs of the families researchers label with, built from configs (no downloads) and sized
+# to a tokenizer by `save_tiny_lm`. Gemma 2 has logit soft-capping and sliding layers, Gemma 3
+# per-layer-type rotary embeddings, GPT-NeoX partial rotary embeddings, Phi-3 fused projections.
+SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4)
+GQA = dict(SMALL, num_key_value_heads=2)
+GEMMA = dict(GQA, head_dim=16, query_pre_attn_scalar=16, layer_types=["sliding_attention", "full_attention"])
+ARCHITECTURES = {
+    "llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig, GQA),
+    "gemma2": (transformers.Gemma2ForCausalLM, transformers.Gemma2Config, GEMMA),
+    "gemma3": (transformers.Gemma3ForCausalLM, transformers.Gemma3TextConfig, GEMMA),
+    "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config, GQA),
+    "mistral": (transformers.MistralForCausalLM, transformers.MistralConfig, dict(GQA, head_dim=16)),
+    "gpt-neox": (transformers.GPTNeoXForCausalLM, transformers.GPTNeoXConfig, SMALL),
+    "phi3": (transformers.Phi3ForCausalLM, transformers.Phi3Config, GQA),
+    "gpt2": (transformers.GPT2LMHeadModel, transformers.GPT2Config, dict(n_layer=2, n_embd=64, n_head=2)),
 }
+# A Gemma-style chat template, for the tokenizer that has one.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
-def save_tiny_causal_lm(kind: str, path) -> str:
-    """A tiny random causal LM (`kind` of TINY_CAUSAL_LMS) with MiniLM's tokenizer, saved as a model folder."""
-    from workers.models import load_tokenizer
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 2500):
+    """A tokenizer trained on `texts` with the `tokenizers` library: "bpe" is byte-level BPE that adds a BOS
+    (Llama 3 style), "sentencepiece" a Metaspace ("▁") BPE with byte fallback, a BOS, and a chat template
+    (Llama 2 / Gemma style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
-    tokenizer = load_tokenizer("minilm")
+    if kind == "bpe":
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"]
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        specials = ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>"]
+        backend = Tokenizer(models.BPE(byte_fallback=True))
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+        alphabet = []
+    # SentencePiece keeps the 256 byte pieces ("<0x0A>") for what its merges do not cover, newlines among them.
+    pieces = [] if kind == "bpe" else [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + pieces, initial_alphabet=alphabet)
+    backend.train_from_iterator(texts, trainer)
+    bos, eos, pad = specials[:3]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, backend.token_to_id(bos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad)
+    if kind == "sentencepiece":
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizers(demo_texts) -> dict:
+    """Byte-level BPE and SentencePiece-style tokenizers trained on demo-corpus sentences."""
+    # The prompt's words among them, as any real tokenizer's training text would have them.
+    prompt = ["Question: is this text about it? Answer: yes. Answer yes or no. No, Yes"] * 200
+    texts = demo_texts["wordnet-example"][:4000] + demo_texts["wordnet-gloss"][:4000] + prompt
+    return {kind: train_tokenizer(kind, texts) for kind in ("bpe", "sentencepiece")}
+
+
+def save_tiny_lm(architecture: str, tokenizer, path, **config) -> str:
+    """A tiny random model of `architecture` (ARCHITECTURES) sized to `tokenizer`, saved with it as a folder;
+    `config` overrides the architecture's settings."""
+    model_class, config_class, settings = ARCHITECTURES[architecture]
+    ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
     torch.manual_seed(0)
-    TINY_CAUSAL_LMS[kind](len(tokenizer)).save_pretrained(path)
+    model_class(config_class(**{**settings, **ids, "vocab_size": len(tokenizer), **config})).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> str:
-    return save_tiny_causal_lm("llama", tmp_path_factory.mktemp("llama"))
+def tiny_llama_dir(tmp_path_factory, trained_tokenizers) -> str:
+    return save_tiny_lm("llama", trained_tokenizers["bpe"], tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import torch
 from workers.discriminators import Discriminator
 from workers.optimiser import FeatureBatch, LabelOptimiser, OptimiserConfig, Search
 from workers.scoring import best_threshold, classification_scores, roc_auc
+from workers.vocab import decode_label, label_token_ids
 
 ALTERNATIVES = 5
 
@@ -148,8 +149,7 @@ class Labeler:
             part = live[start : start + self.batch_size]
             t0 = time.perf_counter()
             batch, texts = self._encode(part)
-            tokenize = self.disc.tokenizer
-            given = [tuple(tokenize(labels[ex.feature_id], add_special_tokens=False)["input_ids"]) for ex in part]
+            given = [label_token_ids(self.disc.tokenizer, labels[ex.feature_id]) for ex in part]
             raws = self.optimiser.label_logits(list(range(len(part))), given, batch, texts).cpu().numpy()
             seconds = (time.perf_counter() - t0) / len(part)
             for ex, ids, raw in zip(part, given, raws):
@@ -197,7 +197,8 @@ class Labeler:
             valid[f, :m] = True
             test[f, :m] = torch.from_numpy(ex.test)
         masks = (index, positive, valid & ~test, valid & test)
-        return FeatureBatch(*(m.to(self.optimiser.device) for m in masks)), texts
+        ids = [ex.feature_id for ex in part]
+        return FeatureBatch(ids, *(m.to(self.optimiser.device) for m in masks)), texts
 
     @torch.no_grad()
     def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
@@ -214,7 +215,10 @@ class Labeler:
         m = len(ex.texts)
         train = ~ex.test
         alternatives = [
-            {"label": self._decode(c[0]), "score": roc_auc(raw[i, :m][ex.test], ex.positive[ex.test])}
+            {
+                "label": decode_label(self.disc.tokenizer, c[0]),
+                "score": roc_auc(raw[i, :m][ex.test], ex.positive[ex.test]),
+            }
             for i, c in enumerate(best)
         ]
         top = raw[0, :m]
@@ -233,10 +237,6 @@ class Labeler:
             **cls,
             **search.losses,
         )
-
-    def _decode(self, ids: tuple[int, ...]) -> str:
-        tok = self.disc.tokenizer
-        return tok.convert_tokens_to_string(tok.convert_ids_to_tokens(list(ids))).strip()
 
     def _row(self, fid: int, status: str, ex: FeatureExamples | None, error: str | None = None, **values) -> dict:
         row = dict.fromkeys(LABELS_SCHEMA.names)

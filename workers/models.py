@@ -76,6 +76,7 @@ def converted_gguf(path: str) -> str:
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    tmp.chmod(0o755)  # a cache others on the machine may read, as the library's own
     try:
         config = model.config
         # The weights are saved dequantised: the folder is a plain model, not a GGUF-quantised one.

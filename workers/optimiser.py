@@ -63,10 +63,19 @@ FREQUENCY_BONUS = 0.02  # naming among ties: centrality gained per unit of Zipf 
 class FeatureBatch:
     """Examples of F features as rows of indices into one encoded text set (padded to n)."""
 
+    feature_ids: list[int]  # [F] each feature's id: its random draws depend on it alone, not on the batch
     index: torch.Tensor  # [F, n] long
     positive: torch.Tensor  # [F, n] bool, feature active
     train: torch.Tensor  # [F, n] bool, valid training example
     test: torch.Tensor  # [F, n] bool, valid held-out example
+
+    def training_columns(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(index, positive, valid) [F, t] of each feature's training examples alone, first t columns: the
+        descent never runs held-out or padding columns."""
+        order = torch.sort((~self.train).to(torch.uint8), dim=1, stable=True).indices
+        width = max(int(self.train.sum(1).max()), 1)
+        cols = order[:, :width]
+        return self.index.gather(1, cols), self.positive.gather(1, cols), self.train.gather(1, cols)
 
 
 @dataclass
@@ -102,10 +111,10 @@ class LabelOptimiser:
         discriminator.check_label_tokens(config.label_tokens)
         self.disc = discriminator
         self.config = config
-        self.device = discriminator.embedding_matrix.device
+        self.device = discriminator.device
         self.vocab = vocab.to(self.device)
         # In float32 whatever the model dtype: the optimiser mixes rows with float32 token weights.
-        self.vocab_embeddings = discriminator.embedding_matrix[self.vocab].float()
+        self.vocab_embeddings = discriminator.embed_tokens(self.vocab).float()
         self.frequency = token_frequencies(discriminator.tokenizer, vocab)
 
     def search(self, batch: FeatureBatch, texts: object) -> list[Search]:
@@ -122,18 +131,23 @@ class LabelOptimiser:
         n_feat, k, n_vocab = len(batch.index), cfg.label_tokens, len(self.vocab)
         dev = self.device
         soft_mode = cfg.mode == "soft"
-        gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-        v = (0.01 * torch.randn(n_feat, k, n_vocab, generator=gen, device=dev)).requires_grad_(soft_mode)
+        # One generator per feature, seeded by its id: a feature's label does not depend on its batch.
+        gens = [torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + fid) for fid in batch.feature_ids]
+        v = torch.stack([0.01 * torch.randn(k, n_vocab, generator=g, device=dev) for g in gens])
+        v.requires_grad_(soft_mode)
         # Per-feature affine read-out of the raw logit: the discriminator's scale is arbitrary.
         log_scale = torch.full((n_feat, 1), 2.0, device=dev, requires_grad=True)
         bias = torch.zeros(n_feat, 1, device=dev, requires_grad=True)
         params = [{"params": [log_scale, bias], "lr": 0.05}] + ([{"params": [v], "lr": cfg.lr}] if soft_mode else [])
         opt = torch.optim.Adam(params)
-        weight = class_weights(batch.positive, batch.train)
+        index, positive, valid = batch.training_columns()
+        weight = class_weights(positive, valid)
         # Examples per forward pass, so that memory is bounded by the discriminator's pair budget.
         cols = max(1, self.disc.pair_batch // n_feat)
         # Naturalness: the label's surprisal under the model's own next-token distribution at the slot.
-        prior = self.disc.label_prior(self.vocab, texts, batch.index, weight * batch.positive)
+        prior = None
+        if cfg.naturalness_weight > 0:
+            prior = self.disc.label_prior(self.vocab, texts, index, weight * positive)
         seen: list[set[tuple[int, ...]]] = [set() for _ in range(n_feat)]
         # A one-token st-gumbel label is always a real token, so where the discriminator has a state per token
         # (embedding models) mixing token states gives the exact forward pass without an encoder pass.
@@ -147,18 +161,19 @@ class LabelOptimiser:
             else:
                 # Straight-through Gumbel: the forward pass sees each slot's Gumbel-max token, the update follows
                 # the gradient with respect to the token weights.
-                noise = torch.rand(v.shape, generator=gen, device=dev).clamp_(1e-9, 1 - 1e-9).log_().neg_().log_()
+                noise = torch.stack([torch.rand(k, n_vocab, generator=g, device=dev) for g in gens])
+                noise = noise.clamp_(1e-9, 1 - 1e-9).log_().neg_().log_()
                 pick = noise.neg_().add_(logits).argmax(-1)  # [F, K]: argmax of logits + Gumbel noise
                 embeds = rows[pick].requires_grad_()  # [F, K, d]
             opt.zero_grad()
             prediction = torch.zeros(n_feat, device=dev)
-            for c in range(0, batch.index.shape[1], cols):
+            for c in range(0, index.shape[1], cols):
                 part = slice(c, c + cols)
                 if states is None:
-                    raw = self.disc.logits(embeds, texts, batch.index[:, part])
+                    raw = self.disc.logits(embeds, texts, index[:, part], valid[:, part])
                 else:
-                    raw = self.disc.state_logits(embeds[:, 0], texts, batch.index[:, part])
-                target = (batch.positive[:, part]).float()
+                    raw = self.disc.state_logits(embeds[:, 0], texts, index[:, part])
+                target = positive[:, part].float()
                 bce = F.binary_cross_entropy_with_logits(log_scale.exp() * raw + bias, target, reduction="none")
                 loss_part = (bce * weight[:, part]).sum(-1)
                 loss_part.sum().backward(retain_graph=soft_mode)
@@ -243,7 +258,7 @@ class LabelOptimiser:
                 if states is not None:  # one-token labels: their kept states, no encoder pass
                     out[part] = self.disc.state_logits(states, texts, index).float()
                 else:
-                    out[part] = self.disc.score(self.disc.embedding_matrix[ids], texts, index).float()
+                    out[part] = self.disc.score(self.disc.embed_tokens(ids), texts, index).float()
         return out
 
     @torch.no_grad()
@@ -270,9 +285,7 @@ class LabelOptimiser:
         if not ranked or self.config.tie_window <= 0:
             return ranked
         tied = [c for c in ranked if c[1] >= ranked[0][1] - self.config.tie_window][:MAX_TIED]
-        vectors = F.normalize(
-            torch.stack([self.disc.embedding_matrix[list(c[0])].float().mean(0) for c in tied]), dim=-1
-        )
+        vectors = F.normalize(torch.stack([self.disc.embed_tokens(c[0]).float().mean(0) for c in tied]), dim=-1)
         centrality = (vectors @ vectors.T).mean(1).cpu()
         frequency = torch.tensor([min(float(self.frequency[i]) for i in c[0]) for c in tied])
         lead = tied[int((centrality + FREQUENCY_BONUS * frequency).argmax())]

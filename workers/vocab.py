@@ -1,4 +1,12 @@
-"""The label vocabulary: the discriminator's tokens that can stand alone as a readable word."""
+"""The label vocabulary: the discriminator's tokens that can stand alone as a readable word.
+
+Tokenizers mark words in one of two ways. WordPiece (BERT, MiniLM) marks the pieces that continue a word
+("##s"); every other token starts a word. Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM) and SentencePiece
+(Llama 2, Gemma, Mistral) mark the pieces that start a word with the space before it ("Ġdog", "▁dog"), and
+the same letters without the mark ("dog") are a fragment of a longer word. A label is a sequence of whole
+words, so only word-start tokens qualify, each surface form once; with a space mark the label's tokens carry
+their own spaces, and a label decodes as the words it spells.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ STOPWORDS = frozenset(
 
 WORD = re.compile(r"[a-z]{2,}")
 FREQUENCY_LANGUAGE = "en"  # the language of the default word pattern
+CONTINUATION = "##"  # WordPiece's mark on a piece that continues a word
 
 
 @dataclass(frozen=True)
@@ -41,25 +50,50 @@ class VocabFilter:
         return self.stopwords or token not in STOPWORDS
 
 
+def space_mark(tokenizer) -> str | None:
+    """The mark a tokenizer puts on a word-start token for the space before it ("Ġ", "▁"), or None where word
+    starts are unmarked (WordPiece, word-level tokenizers)."""
+    last = tokenizer.tokenize("a a")[-1]  # a single letter is a token of every vocabulary
+    return last[:-1] if len(last) > 1 and last.endswith("a") else None
+
+
 def label_vocab(tokenizer, vocab_filter: VocabFilter = VocabFilter()) -> torch.Tensor:
-    """Ids of the tokenizer's tokens that the filter allows, ascending."""
+    """Ids of the tokenizer's word-start tokens whose word the filter allows, one per word, ascending."""
     special = set(tokenizer.all_special_tokens)
-    ids = []
+    mark = space_mark(tokenizer)
+    words: dict[str, int] = {}
     for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-        if token is None or token.startswith("##"):
+        if token is None or token in special or token.startswith(CONTINUATION):
             continue
-        # Decoded, not the raw piece, so byte-level BPE tokens ("Ġdog") are judged as the word they spell.
-        if vocab_filter.allowed(tokenizer.convert_tokens_to_string([token]).strip(), special):
-            ids.append(token_id)
-    if not ids:
+        if mark is not None and not token.startswith(mark):
+            continue  # a fragment: the same letters inside or at the end of a longer word
+        # Decoded, not the raw piece, so byte-level tokens ("Ġdog") are judged as the word they spell.
+        word = tokenizer.convert_tokens_to_string([token]).strip()
+        if vocab_filter.allowed(word, special):
+            words.setdefault(word, token_id)
+    if not words:
         raise ValueError(f"the label vocabulary is empty: no token of the tokenizer matches {vocab_filter}")
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(sorted(words.values()), dtype=torch.long)
+
+
+def label_token_ids(tokenizer, label: str) -> tuple[int, ...]:
+    """Token ids of a label's text as the label vocabulary spells words: with a space mark each word is its
+    word-start form, as it would follow a space."""
+    text = label.strip()
+    if space_mark(tokenizer) is not None:
+        text = " " + text
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def decode_label(tokenizer, ids) -> str:
+    """The words a label's token ids spell."""
+    return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(list(ids))).strip()
 
 
 def token_frequencies(tokenizer, ids: torch.Tensor) -> torch.Tensor:
     """Zipf frequency (log10 per billion words, 0 when unknown) of each token `ids` spells as a word,
     as a tensor over the whole tokenizer so that any label's token ids index it."""
     freq = torch.zeros(len(tokenizer))
-    for token_id, token in zip(ids.tolist(), tokenizer.convert_ids_to_tokens(ids.tolist())):
-        freq[token_id] = zipf_frequency(tokenizer.convert_tokens_to_string([token]).strip(), FREQUENCY_LANGUAGE)
+    for token_id in ids.tolist():
+        freq[token_id] = zipf_frequency(decode_label(tokenizer, [token_id]), FREQUENCY_LANGUAGE)
     return freq

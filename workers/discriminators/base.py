@@ -30,52 +30,54 @@ class Discriminator(ABC):
 
     name: str
     tokenizer: object
-
-    @property
-    @abstractmethod
-    def embedding_matrix(self) -> torch.Tensor:
-        """Input embeddings [vocab, d]; a label embedding is a mixture of its rows."""
-
-    @staticmethod
-    @abstractmethod
-    def check_template(template: str) -> None:
-        """Raise ValueError when `template` does not have the slots this kind of discriminator needs."""
-
+    model: object
     template: str
     max_length: int
-    model: object
-    default_template: str
-    """the template when none is given"""
-    default_max_length: int
-    """text tokens kept when none is given"""
+    pair_batch: int = 1 << 30
+    """(feature, example) pairs per forward pass; bounds memory of models that see each pair"""
 
-    @staticmethod
+    @classmethod
     @abstractmethod
-    def prompt_positions(tokenizer, template: str, k: int, max_length: int) -> int:
-        """Positions the longest prompt with a k-token label takes (texts cut at `max_length` tokens)."""
+    def preflight(cls, name: str, config, tokenizer, label_tokens: int = 1, **options) -> None:
+        """Raise ValueError when model `name` (its `config` and `tokenizer`, no weights) cannot take `options`
+        (template, readout, answers, ...) or labels of `label_tokens` tokens."""
 
+    @abstractmethod
     def check_label_tokens(self, k: int) -> None:
         """Raise ValueError when labels of k tokens do not fit the model and template."""
-        positions = self.prompt_positions(self.tokenizer, self.template, k, self.max_length)
-        check_fits(self.name, self.model.config, positions, k, self.template)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def embed_tokens(self, token_ids) -> torch.Tensor:
+        """Input embeddings [..., d] of token ids as the model's own input-embedding module gives them (some
+        scale them, as Gemma does by sqrt(d)); a label embedding is a mixture of such rows."""
+        with torch.no_grad():
+            return self.model.get_input_embeddings()(torch.as_tensor(token_ids, device=self.device))
 
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> object:
         """Per-text state computed once (embeddings, key-value caches)."""
 
     @abstractmethod
-    def logits(self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
-        """Raw logits [F, n] for labels [F, K, d] against texts `index` [F, n] of the encoded set."""
-
-    pair_batch: int = 1 << 30
-    """(feature, example) pairs per forward pass; bounds memory of models that see each pair"""
+    def logits(
+        self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw logits [F, n] for labels [F, K, d] against texts `index` [F, n] of the encoded set. Where `mask`
+        [F, n] is False the pair is not needed: a model that sees each pair skips it (its logit is 0)."""
 
     @torch.no_grad()
-    def score(self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
+    def score(
+        self, label_embeds: torch.Tensor, texts: object, index: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`logits` without gradients, at most `pair_batch` pairs per forward pass."""
         step = max(1, self.pair_batch // max(index.shape[1], 1))
         parts = [
-            self.logits(label_embeds[i : i + step], texts, index[i : i + step]) for i in range(0, len(index), step)
+            self.logits(
+                label_embeds[i : i + step], texts, index[i : i + step], None if mask is None else mask[i : i + step]
+            )
+            for i in range(0, len(index), step)
         ]
         return torch.cat(parts)
 
@@ -98,5 +100,5 @@ class Discriminator(ABC):
 
     def token_logits(self, token_ids: torch.Tensor, texts: object, index: torch.Tensor) -> torch.Tensor:
         """Raw logits [F, T, n] of every single-token label in `token_ids` [T] (exhaustive search)."""
-        emb = self.embedding_matrix[token_ids][:, None, :]
+        emb = self.embed_tokens(token_ids)[:, None, :]
         return torch.stack([self.score(emb, texts, index[f].expand(len(token_ids), -1)) for f in range(len(index))])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import cached_file
 
-from workers.discriminators.base import LABEL_SLOT, Discriminator
-from workers.models import MINILM, load_encoder, load_tokenizer
+from workers.discriminators.base import LABEL_SLOT, Discriminator, check_fits
+from workers.models import MINILM, load_encoder, load_tokenizer, resolve_model
 
 CACHE_SIZE = 200_000  # text and phrase embeddings each kept per discriminator (~300 MB at d=384)
 PHRASE_BATCH = 512  # short sequences (words, vocabulary tokens) per encoder pass
@@ -26,6 +29,40 @@ def template_ids(tokenizer, template: str) -> tuple[list[int], list[int]]:
 
 
 READOUTS = ("sentence", "word", "sentence+word")
+# How a sentence encoder pools its token states into the sentence embedding it was trained to give, by the
+# sentence-transformers Pooling module's flag.
+POOLINGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+POOLING_MODULE = "sentence_transformers.models.Pooling"
+
+
+def sentence_pooling(name: str) -> str | None:
+    """ "mean" or "cls": how model `name` pools a sentence embedding, from its sentence-transformers files
+    (modules.json and the Pooling module's config); None when it has no such files (not a sentence encoder)."""
+    folder = resolve_model(name)
+    try:
+        modules = json.loads(Path(cached_file(folder, "modules.json")).read_text())
+        [pooling] = [m for m in modules if m.get("type") == POOLING_MODULE]
+        config = json.loads(Path(cached_file(folder, f"{pooling['path']}/config.json")).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    on = [flag for flag, value in config.items() if flag.startswith("pooling_mode_") and value]
+    if len(on) != 1 or on[0] not in POOLINGS:
+        raise ValueError(f"its sentence pooling {on} is not supported; expected one of {sorted(POOLINGS)}")
+    return POOLINGS[on[0]]
+
+
+def save_sentence_encoder_files(folder: str | Path, pooling: str = "mean") -> None:
+    """Write the sentence-transformers files that declare the model in `folder` a sentence encoder pooling by
+    `pooling` ("mean" or "cls"), as sentence-transformers saves them."""
+    folder = Path(folder)
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": POOLING_MODULE},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    flags = {flag: mode == pooling for flag, mode in POOLINGS.items()}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(flags, indent=2))
 
 
 @dataclass
@@ -52,49 +89,67 @@ class EmbeddingDiscriminator(Discriminator):
     label slots through the encoder.
     """
 
-    default_template = LABEL_SLOT
-    default_max_length = 128
-
     def __init__(
         self,
         model: str = MINILM,
-        template: str = default_template,
+        template: str = LABEL_SLOT,
         readout: str = "sentence+word",
-        max_length: int = default_max_length,
+        max_length: int = 128,
         batch_size: int = 64,
+        pair_batch: int = 1 << 30,
         device: str = "cpu",
+        dtype: torch.dtype | None = None,
     ):
-        self.check_template(template)
-        if readout not in READOUTS:
-            raise ValueError(f"unknown readout {readout!r}; expected one of {list(READOUTS)}")
+        self.tokenizer = load_tokenizer(model)
+        self.pair_batch = pair_batch
+        self.pooling = self._check(model, self.tokenizer, template, readout)
         self.name = model
         self.template = template
         self.readout = readout
         self.max_length = max_length
         self.batch_size = batch_size
-        self.tokenizer = load_tokenizer(model)
-        self.model = load_encoder(model).to(device)
-        self._embedding = self.model.get_input_embeddings().weight.detach()
+        self.model = load_encoder(model).to(device=device, dtype=dtype)
         self._prefix, self._suffix = (
-            torch.tensor(ids, dtype=torch.long, device=self._embedding.device)
-            for ids in template_ids(self.tokenizer, template)
+            torch.tensor(ids, dtype=torch.long, device=self.device) for ids in template_ids(self.tokenizer, template)
         )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._phrase_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     @staticmethod
-    def check_template(template: str) -> None:
+    def _check(name: str, tokenizer, template: str, readout: str) -> str:
+        """The model's pooling, once template, readout and the model's sentence-encoder files pass their checks."""
         if template.count(LABEL_SLOT) != 1:
             raise ValueError(f"template {template!r} must contain {LABEL_SLOT} exactly once")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; expected one of {list(READOUTS)}")
+        pooling = sentence_pooling(name)
+        if pooling is None:
+            raise ValueError(
+                "it is an encoder without a sentence-embedding pooling: expected a sentence-transformers model "
+                "(modules.json with a Pooling module of mean or CLS pooling) or a causal LM"
+            )
+        return pooling
 
-    @staticmethod
-    def prompt_positions(tokenizer, template: str, k: int, max_length: int) -> int:
+    @classmethod
+    def preflight(
+        cls,
+        name: str,
+        config,
+        tokenizer,
+        label_tokens: int = 1,
+        template: str = LABEL_SLOT,
+        readout: str = "sentence+word",
+        **options,
+    ) -> None:
+        cls._check(name, tokenizer, template, readout)
         prefix, suffix = template_ids(tokenizer, template)
-        return len(prefix) + k + len(suffix)
+        check_fits(name, config, len(prefix) + label_tokens + len(suffix), label_tokens, template)
 
-    @property
-    def embedding_matrix(self) -> torch.Tensor:
-        return self._embedding
+    def check_label_tokens(self, k: int) -> None:
+        check_fits(self.name, self.model.config, len(self._prefix) + k + len(self._suffix), k, self.template)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return POOL[self.pooling](hidden, mask).float()
 
     def clear_cache(self) -> None:
         """Forget the kept text and phrase embeddings (they are recomputed when next needed)."""
@@ -131,7 +186,7 @@ class EmbeddingDiscriminator(Discriminator):
         rows = rows_of(todo) if todo else []
         order = sorted(range(len(todo)), key=lambda i: len(rows[i]))
         pad = self.tokenizer.pad_token_id or 0
-        device = self._embedding.device
+        device = self.device
         for i in range(0, len(order), batch):
             part = order[i : i + batch]
             lengths = torch.tensor([len(rows[j]) for j in part], device=device)
@@ -139,9 +194,9 @@ class EmbeddingDiscriminator(Discriminator):
             ids = torch.tensor([rows[j] + [pad] * (width - len(rows[j])) for j in part], device=device)
             mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            cache.update(zip((todo[j] for j in part), F.normalize(_mean_pool(hidden, mask), dim=-1)))
+            cache.update(zip((todo[j] for j in part), F.normalize(self._pool(hidden, mask), dim=-1)))
         if not keys:
-            return torch.zeros(0, self._embedding.shape[1], device=device)
+            return torch.zeros(0, self.model.config.hidden_size, device=device)
         return torch.stack([cache[k] for k in keys])
 
     def text_words(self, texts: list[str]) -> list[list[tuple[int, ...]]]:
@@ -166,17 +221,17 @@ class EmbeddingDiscriminator(Discriminator):
         words = torch.full((len(texts), width), len(distinct), dtype=torch.long)
         for i, ws in enumerate(per_text):
             words[i, : len(ws)] = torch.tensor([distinct[w] for w in ws])
-        return EncodedTexts(sentences, words.to(self._embedding.device), self.embed_phrases(list(distinct)))
+        return EncodedTexts(sentences, words.to(self.device), self.embed_phrases(list(distinct)))
 
     def encode_labels(self, label_embeds: torch.Tensor) -> torch.Tensor:
         """Unit sentence embeddings [F, d] of labels [F, K, d] placed in the template."""
         n = label_embeds.shape[0]
-        prefix = self._embedding[self._prefix].expand(n, -1, -1)
-        suffix = self._embedding[self._suffix].expand(n, -1, -1)
-        inputs = torch.cat([prefix, label_embeds, suffix], dim=1)
+        prefix = self.embed_tokens(self._prefix).expand(n, -1, -1)
+        suffix = self.embed_tokens(self._suffix).expand(n, -1, -1)
+        inputs = torch.cat([prefix, label_embeds.to(prefix.dtype), suffix], dim=1)
         mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
         hidden = self.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-        return F.normalize(_mean_pool(hidden, mask), dim=-1)
+        return F.normalize(self._pool(hidden, mask), dim=-1)
 
     def token_states(self, token_ids: torch.Tensor) -> torch.Tensor:
         # A token's state is its own embedding as a label, computed once and kept.
@@ -192,7 +247,10 @@ class EmbeddingDiscriminator(Discriminator):
             out = out + _best_word(labels @ texts.lexicon.T, texts.words[index])
         return out
 
-    def logits(self, label_embeds: torch.Tensor, texts: EncodedTexts, index: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self, label_embeds: torch.Tensor, texts: EncodedTexts, index: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # Every (label, text) pair costs one cosine here, so the mask saves nothing and is not read.
         return self.state_logits(self.encode_labels(label_embeds), texts, index)
 
     @torch.no_grad()
@@ -226,3 +284,6 @@ def _pad_column(sims: torch.Tensor) -> torch.Tensor:
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+POOL = {"mean": _mean_pool, "cls": lambda hidden, mask: hidden[:, 0]}
