@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 
+from pipeline.config import DTYPES
 from pipeline.plan import Shard
 from pipeline.storage import RunStore
 from workers.discriminators import load_discriminator
@@ -37,6 +38,7 @@ class HarvestActor:
         self,
         model: str,
         hook: str,
+        dtype: str,
         sae_path: str,
         context_length: int,
         top_k: int,
@@ -48,7 +50,7 @@ class HarvestActor:
         _use_cpus(cpus)
         device = default_device()
         sae = load_sae(sae_path, device, model_name=model, hook_name=hook)
-        subject = SubjectModel.load(model, hook, device)
+        subject = SubjectModel.load(model, hook, device, DTYPES[dtype])
         self.harvester = Harvester(subject, sae, context_length, top_k, batch_size, sample_size, seed)
 
     def harvest(self, texts: list[str], first_id: int, pool: np.ndarray) -> Harvest:

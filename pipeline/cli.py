@@ -18,12 +18,26 @@ from pipeline.summary import summary
 OVERRIDABLE = [f for f in dataclasses.fields(RunConfig) if f.name not in ("extra", "out")]
 
 
+def flag_value(field: dataclasses.Field):
+    """How a --flag's text becomes the value of config key `field`: as written for text keys (so a template
+    "{label}", a path or "yes" stay text), else as YAML (3, 0.5, [1, 5], true), text again where YAML reads a
+    mapping, which no key takes."""
+    if field.type in ("str", "str | None"):
+        return str
+
+    def parse(text: str):
+        value = yaml.safe_load(text)
+        return text if isinstance(value, dict) else value
+
+    return parse
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One --flag per config key; values are read as YAML (so 3, 0.5, [1, 5], all all work)."""
+    """One --flag per config key (see `flag_value` for how values are read)."""
     group = parser.add_argument_group("config overrides (see the run config keys)")
     for f in OVERRIDABLE:
         group.add_argument(
-            f"--{f.name.replace('_', '-')}", dest=f.name, type=yaml.safe_load, default=None, metavar="VALUE"
+            f"--{f.name.replace('_', '-')}", dest=f.name, type=flag_value(f), default=None, metavar="VALUE"
         )
 
 

@@ -8,12 +8,17 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from workers.discriminators import READOUTS
 from workers.optimiser import MODES, OptimiserConfig
 
 REPO = Path(__file__).resolve().parent.parent
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Keys that change where or how fast a run goes, not what it finds (a feature's random draws depend on its id
+# alone, and harvest chunks merge exactly).
+UNHASHED = ("out", "actors", "gpus_per_actor", "features_per_batch", "pair_batch", "harvest_batch", "harvest_chunk")
 DEMO_CONFIG = REPO / "data" / "configs" / "demo.yaml"
 
 
@@ -51,6 +56,12 @@ class RunConfig:
     """labels this close to the best training AUROC are tied; the one most like the others is chosen"""
     naturalness_weight: float = 0.0
     """weight of the label's surprisal under a causal-LM discriminator's own next-token distribution"""
+    chat: bool | None = None
+    """causal LMs: wrap the template in the model's chat template (default: where the model has one)"""
+    answers: list[str] | None = None
+    """causal LMs: the yes and the no word whose log-probability difference is the logit (default: [yes, no])"""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16: the discriminator's and the subject model's weights"""
     seed: int = 0
     text_column: str = "text"
     """column holding the text in .jsonl / .parquet corpora"""
@@ -79,22 +90,41 @@ class RunConfig:
     shard_size: int = 256
     """features per shard (one Parquet file each in examples/ and labels/)"""
     features_per_batch: int = 128
-    """features optimised together in one batch; bounds memory"""
+    """features optimised together in one batch; bounds memory (a causal LM keeps the prefix caches of the
+    batch's distinct texts)"""
+    pair_batch: int | None = None
+    """(feature, example) pairs per forward pass of the discriminator; bounds memory (default: the
+    discriminator's own: 1024 for causal LMs, unbounded for embedding models)"""
     harvest_batch: int = 64
     """contexts per forward pass of the subject model"""
     harvest_chunk: int = 2048
     """contexts per harvest task"""
     actors: int | None = None
-    """labeling actors; default: one per GPU, else one per 2 CPUs"""
+    """labeling and harvest actors; default: one per GPU (one per gpus_per_actor), else one per 2 CPUs"""
+    gpus_per_actor: float | None = None
+    """GPUs each actor asks Ray for (fractions share a GPU); default: 1 where the cluster has GPUs, else 0. Set it
+    (with actors) on an autoscaling cluster that starts GPU nodes on demand"""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.answers, list):
+            # YAML reads the words yes and no (unquoted) as booleans: `answers: [yes, no]` means the words.
+            self.answers = [{True: "yes", False: "no"}.get(a, a) if isinstance(a, bool) else a for a in self.answers]
         checks = [
             (self.label_tokens in range(1, 5), "label_tokens", "an integer from 1 to 4"),
             (self.optimiser in MODES, "optimiser", f"one of {list(MODES)}"),
             (self.steps >= 1, "steps", "at least 1"),
             (self.readout is None or self.readout in READOUTS, "readout", f"one of {list(READOUTS)}"),
             (0 <= self.tie_window < 1, "tie_window", "at least 0 and below 1"),
+            (self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}"),
+            (self.pair_batch is None or self.pair_batch >= 1, "pair_batch", "at least 1"),
+            (self.gpus_per_actor is None or self.gpus_per_actor >= 0, "gpus_per_actor", "0 or more"),
+            (self.actors is None or self.actors >= 1, "actors", "at least 1"),
+            (
+                self.answers is None or (isinstance(self.answers, list) and len(self.answers) == 2),
+                "answers",
+                "a list of two words, the yes and the no",
+            ),
             (0 < self.test_fraction < 1, "test_fraction", "between 0 and 1"),
             (self.shard_size >= 1, "shard_size", "at least 1"),
             (self.features_per_batch >= 1, "features_per_batch", "at least 1"),
@@ -154,13 +184,20 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """Hash of everything that changes the results (not where they are written, nor parallelism)."""
-        keys = {k: v for k, v in self.to_dict().items() if k not in ("out", "actors")}
+        """Hash of everything that changes the results: not where they are written, nor parallelism or batch
+        sizes, so a run resumes after lowering one."""
+        keys = {k: v for k, v in self.to_dict().items() if k not in UNHASHED}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
     def discriminator_options(self) -> dict:
-        """The discriminator options this config sets (template, readout); the rest are the model's defaults."""
-        return {k: v for k, v in (("template", self.template), ("readout", self.readout)) if v is not None}
+        """The discriminator options this config sets (template, readout, ...); the rest are the model's
+        defaults. `dtype` is not among them: it goes to every model, see `torch_dtype`."""
+        keys = ("template", "readout", "chat", "answers", "pair_batch")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    @property
+    def torch_dtype(self):
+        return DTYPES[self.dtype]
 
     def optimiser_config(self) -> OptimiserConfig:
         return OptimiserConfig(

@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.actors import HarvestActor, LabelActor
 from pipeline.config import RunConfig, parse_features
-from pipeline.plan import Shard, chunks, plan_shards
+from pipeline.plan import Shard, chunks, plan_actors, plan_shards
 from pipeline.progress import Progress
 from pipeline.storage import CONFIG, FAILURES, MANIFEST, PLAN, RunStore, storage_env
 from workers.corpus import make_contexts, read_corpus
@@ -55,14 +55,10 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
-def _actor_count(requested: int | None) -> tuple[int, float, float]:
-    """(actors, CPUs each, GPUs each): one per GPU where there are GPUs, else one per 2 CPUs."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = ray.cluster_resources().get("CPU", 1)
-    # An actor lives on one node: never ask for more CPUs than the largest node has.
+def _actor_count(config: RunConfig) -> tuple[int, float, float]:
+    """(actors, CPUs each, GPUs each) for the cluster as it is now (see `plan_actors`)."""
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-    n = requested or gpus or max(1, int(cpus // 2))
-    return n, max(1.0, min(cpus // n, node_cpus)), 1.0 if gpus else 0.0
+    return plan_actors(config.actors, config.gpus_per_actor, ray.cluster_resources(), node_cpus)
 
 
 def prepare_store(config: RunConfig) -> RunStore:
@@ -71,7 +67,7 @@ def prepare_store(config: RunConfig) -> RunStore:
 
     Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
     """
-    check_discriminator(config.discriminator, config.template, config.readout, config.label_tokens)
+    check_discriminator(config.discriminator, config.label_tokens, **config.discriminator_options())
     store = RunStore(config.out)
     store.check_writable()
     if store.exists(CONFIG):
@@ -137,11 +133,12 @@ def run(config: RunConfig, address: str | None = None) -> RunResult:
 
 def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harvest:
     """Per-latent top-k, quantile sample and pool firing over the corpus, sharded by chunk across Ray actors."""
-    n_actors, cpus, gpus = _actor_count(config.actors)
+    n_actors, cpus, gpus = _actor_count(config)
     actors = [
         HarvestActor.options(num_cpus=cpus, num_gpus=gpus).remote(
             model,
             hook,
+            config.dtype,
             config.sae,
             config.context_length,
             config.top_k,
@@ -213,7 +210,7 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
     todo = [s for s in shards if s.name not in done]
     if not todo:
         return sum(len(s.feature_ids) for s in shards), []
-    n_actors, cpus, gpus = _actor_count(config.actors)
+    n_actors, cpus, gpus = _actor_count(config)
     options = {
         "num_cpus": cpus,
         "num_gpus": gpus,
@@ -225,7 +222,7 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
     args = (
         config.out,
         config.discriminator,
-        config.discriminator_options(),
+        {**config.discriminator_options(), "dtype": config.torch_dtype},
         config.optimiser_config(),
         config.features_per_batch,
         config.test_fraction,

@@ -32,3 +32,21 @@ def plan_shards(feature_ids: list[int], shard_size: int) -> list[Shard]:
 def chunks(n_items: int, size: int) -> list[tuple[int, int]]:
     """[start, stop) ranges covering n_items in pieces of `size`."""
     return [(s, min(s + size, n_items)) for s in range(0, n_items, size)]
+
+
+def plan_actors(
+    actors: int | None, gpus_per_actor: float | None, resources: dict, node_cpus: float
+) -> tuple[int, float, float]:
+    """(actors, CPUs each, GPUs each) on a cluster with `resources` (Ray's totals) whose largest node has
+    `node_cpus` CPUs. GPU actors ask for `gpus_per_actor` each (default: 1 where the cluster has GPUs), one per
+    share of the GPUs present unless `actors` says how many: on an autoscaling cluster with no GPU node up yet,
+    the requests themselves start the nodes. Otherwise one CPU actor per 2 CPUs."""
+    gpus = resources.get("GPU", 0)
+    per_actor = (1.0 if gpus else 0.0) if gpus_per_actor is None else gpus_per_actor
+    if per_actor > 0:
+        # A GPU actor's work is on its GPU; one CPU each keeps the request small enough for any GPU node.
+        return actors or max(1, int(gpus // per_actor)), 1.0, per_actor
+    cpus = resources.get("CPU", 1)
+    n = actors or max(1, int(cpus // 2))
+    # An actor lives on one node: never ask for more CPUs than the largest node has.
+    return n, max(1.0, min(cpus // n, node_cpus)), 0.0

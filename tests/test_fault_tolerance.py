@@ -192,3 +192,38 @@ def test_killed_driver_resumes_to_the_same_labels(ray_session, tiny_sae_dir, cor
     ours = pq.read_table(out / "labels", columns=cols).sort_by("feature_id")
     theirs = pq.read_table(tmp_path / "reference" / "labels", columns=cols).sort_by("feature_id")
     assert ours.equals(theirs)
+
+
+def test_actors_ask_ray_for_the_configured_gpus(examples, tmp_path):
+    """gpus_per_actor: 0.5 puts two labeling actors on the one node that declares a GPU (there is no real GPU
+    here: the actors see none and run on the CPU), never on the CPU-only head."""
+    from ray.cluster_utils import Cluster
+
+    was_up = ray.is_initialized()
+    ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    gpu_node = c.add_node(num_cpus=2, num_gpus=1)
+    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+    seen = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append(len(ray_processes(raylet_pid(gpu_node), "ray::LabelActor")))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        config = label_config(tmp_path / "run", actors=2, gpus_per_actor=0.5)
+        result = driver.label_examples(str(examples), config)
+    finally:
+        done.set()
+        thread.join()
+        ray.shutdown()
+        c.shutdown()
+        if was_up:
+            ray.init(**LOCAL_RAY)
+    assert result.failed_shards == [] and result.labeled == 24
+    assert max(seen) == 2
+    assert_each_feature_once(tmp_path / "run", 24)

@@ -103,11 +103,14 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
     # A model whose tokenizer holds no word a label could use.
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    from workers.discriminators.embedding import save_sentence_encoder_files
+
     folder = tmp_path / "no-words"
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "##ing", "42"]
     BertTokenizerFast(vocab={w: i for i, w in enumerate(specials)}).save_pretrained(folder)
     cfg = BertConfig(vocab_size=len(specials), hidden_size=8, num_hidden_layers=1, num_attention_heads=1)
     BertModel(cfg).save_pretrained(folder)
+    save_sentence_encoder_files(folder)
     with pytest.raises(ValueError, match="no-words.*label vocabulary is empty"):
         driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "b", discriminator=str(folder)))
     with pytest.raises(ValueError, match="'minilm': template 'no slot' must contain {label}"):
@@ -115,14 +118,12 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
     # A causal LM with positions for one-token labels only.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workers.discriminators import CAUSAL_TEMPLATE, CausalLMDiscriminator
+    from workers.discriminators import CausalPrompt
     from workers.models import load_tokenizer
 
     short = tmp_path / "short-lm"
     tokenizer = load_tokenizer("minilm")
-    one = CausalLMDiscriminator.prompt_positions(
-        tokenizer, CAUSAL_TEMPLATE, 1, CausalLMDiscriminator.default_max_length
-    )
+    one = CausalPrompt.build(tokenizer).positions(1, max_length=64)
     small = dict(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=1)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=one + 1, **small)).save_pretrained(
         short
@@ -136,13 +137,31 @@ def test_bad_discriminator_is_refused_before_any_work(tiny_sae_dir, corpus, tmp_
     assert not (tmp_path / "b" / "config.yaml").exists()
 
 
+def test_bad_causal_lm_options_are_refused_before_any_work(tiny_llama_dir, tiny_sae_dir, corpus, tmp_path):
+    cases = [
+        ({"answers": ["supercalifragilistic", "no"]}, "answer word 'supercalifragilistic' is not a single token"),
+        ({"chat": True}, "chat: true, but the tokenizer has no chat template"),
+        ({"template": "{label} then {text}"}, "must hold {text} once, then {label} once"),
+    ]
+    for i, (options, message) in enumerate(cases):
+        out = tmp_path / str(i)
+        with pytest.raises(ValueError, match=f"discriminator .*llama.*{message}"):
+            driver.run(small_config(tiny_sae_dir, corpus, out, discriminator=tiny_llama_dir, **options))
+        assert not (out / "config.yaml").exists()
+    with pytest.raises(ValueError, match="option 'answers' is for causal-lm discriminators; this is an embedding"):
+        driver.run(small_config(tiny_sae_dir, corpus, tmp_path / "m", answers=["yes", "no"]))
+
+
 def test_an_actor_that_cannot_start_stops_the_run_at_once(ray_session, tiny_sae_dir, corpus, tmp_path):
     # Config and tokenizer load (the preflight passes), the weights do not: only the actor finds out.
     from transformers import BertConfig, BertModel
 
+    from workers.discriminators.embedding import save_sentence_encoder_files
+
     folder = tmp_path / "broken-weights"
     BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1)).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)
+    save_sentence_encoder_files(folder)
     (folder / "model.safetensors").write_bytes(b"not safetensors")
     config = small_config(tiny_sae_dir, corpus, tmp_path / "run", discriminator=str(folder), features="0-15")
     with pytest.raises(RuntimeError, match="labeling actor could not start: .*Error"):

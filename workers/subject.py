@@ -100,9 +100,9 @@ class SubjectModel:
         self._module, self._pre = self._resolve_hook(hook)
 
     @classmethod
-    def load(cls, name: str, hook: str, device: str = "cpu") -> "SubjectModel":
-        """Load model and tokenizer for `name` (alias, folder or hub id) hooked at `hook`."""
-        model = load_encoder(name).to(device)
+    def load(cls, name: str, hook: str, device: str = "cpu", dtype: torch.dtype | None = None) -> "SubjectModel":
+        """Load model and tokenizer for `name` (alias, folder or hub id) hooked at `hook`, on `device` in `dtype`."""
+        model = load_encoder(name).to(device=device, dtype=dtype)
         return cls(model, load_tokenizer(name), hook, name)
 
     @property
