@@ -1,6 +1,6 @@
 """The paper's reproduction set: label the five known-meaning features with each optimiser mode.
 
-HF_HUB_OFFLINE=1 python bench/repro.py [--steps N] [--template T]
+HF_HUB_OFFLINE=1 python bench/repro.py [--steps N] [--template T] [--discriminator smollm2 --settings st-gumbel:1]
 
 Prints a table of label, held-out AUROC and whether the label names the concept, per feature and
 mode, and saves bench/results/repro.json.
@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +36,24 @@ def load_repro():
     return pq.read_table(REPRO / "features.parquet"), concepts
 
 
+def subsample(table: pa.Table, per_feature: int, seed: int = 0) -> pa.Table:
+    """At most `per_feature` rows of each feature, a seeded sample keeping its share of active rows."""
+    rng = np.random.default_rng(seed)
+    fid = table.column("feature_id").to_numpy()
+    active = table.column("activation").to_numpy() > 0
+    keep = []
+    for f in np.unique(fid):
+        rows = np.flatnonzero(fid == f)
+        if len(rows) <= per_feature:
+            keep.extend(rows)
+            continue
+        n_active = round(per_feature * active[rows].mean())
+        for cls, n in ((True, n_active), (False, per_feature - n_active)):
+            members = rows[active[rows] == cls]
+            keep.extend(rng.choice(members, min(n, len(members)), replace=False))
+    return table.take(sorted(keep))
+
+
 def named(label: str, accept: list[str]) -> bool:
     """Whether a (possibly multi-word) label names the concept: one of its words is accepted."""
     return any(word in accept for word in label.split())
@@ -44,14 +64,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=OptimiserConfig.steps)
     parser.add_argument("--template", default=None, help="discriminator template (default: the discriminator's)")
     parser.add_argument("--readout", default=None, help="embedding readout (default: the discriminator's)")
+    parser.add_argument("--discriminator", default="minilm", help="discriminator model (default: minilm)")
+    parser.add_argument(
+        "--settings",
+        default=",".join(f"{m}:{k}" for m, k in SETTINGS),
+        help="comma-separated MODE:K to run (default: all four)",
+    )
+    parser.add_argument("--examples-per-feature", type=int, default=None, help="a seeded sample of each feature's")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "repro.json"))
     args = parser.parse_args()
     table, concepts = load_repro()
+    if args.examples_per_feature:
+        table = subsample(table, args.examples_per_feature)
     options = {k: v for k, v in (("template", args.template), ("readout", args.readout)) if v}
-    disc = load_discriminator("minilm", **options)
+    disc = load_discriminator(args.discriminator, **options)
     vocab = label_vocab(disc.tokenizer)
     results = []
-    for mode, k in SETTINGS:
+    settings = [(m, int(k)) for m, k in (item.split(":") for item in args.settings.split(","))]
+    for mode, k in settings:
         t0 = time.perf_counter()
         labeler = Labeler(disc, vocab, OptimiserConfig(mode=mode, label_tokens=k, steps=args.steps))
         rows = {r["feature_id"]: r for r in labeler.label(table, [c["feature_id"] for c in concepts]).to_pylist()}
@@ -79,7 +109,15 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
-            {"steps": args.steps, "template": disc.template, "readout": disc.readout, "results": results}, indent=2
+            {
+                "discriminator": args.discriminator,
+                "steps": args.steps,
+                "template": disc.template,
+                "readout": getattr(disc, "readout", None),
+                "examples_per_feature": args.examples_per_feature,
+                "results": results,
+            },
+            indent=2,
         )
     )
 

