@@ -406,6 +406,8 @@ def named_counts(top: pa.Table, classes: list[str], accept: dict[str, set[str]])
 def _cell(x) -> str:
     if x is None:
         return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     return f"{x:.3f}" if isinstance(x, float) else str(x).replace("|", "\\|")
 
 
@@ -452,7 +454,7 @@ def markdown(manifest: dict, results: pa.Table, top: pa.Table) -> str:
             label = r["label"] if r["label"] else f"({r['label_status']}: no label)"
             lines.append(
                 f"| {r['rank']} | {r['feature_id']} | {r['weight']:.3f} | {_cell(label)} | {_cell(r['label_score'])} "
-                f"| {_cell({True: 'yes', False: 'no'}.get(r['names_class']))} | {_cell(r['example'])} |"
+                f"| {_cell(r['names_class'])} | {_cell(r['example'])} |"
             )
     lines += ["", f"Wall time {format_seconds(manifest['seconds']['total'])}."]
     return "\n".join(lines) + "\n"
