@@ -65,6 +65,29 @@ def _actor_count(requested: int | None) -> tuple[int, float, float]:
     return n, max(1.0, min(cpus // n, node_cpus)), 1.0 if gpus else 0.0
 
 
+def restartable_actors(requested: int | None, uri: str) -> tuple[int, float, dict]:
+    """(actors, CPUs each, Ray options) for a pool of actors that reach the storage at `uri` and that Ray restarts
+    when they die, rerunning their task there (tasks sent while one restarts wait for it)."""
+    n, cpus, gpus = _actor_count(requested)
+    options = {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "max_restarts": -1,
+        "max_task_retries": MAX_ATTEMPTS - 1,
+        "runtime_env": {"env_vars": storage_env(uri)},
+    }
+    return n, cpus, options
+
+
+def start_failure(err: Exception, role: str) -> RuntimeError | None:
+    """The error to stop the run with when `err` says an actor could not even start (bad model, no memory):
+    it would fail the same way on every retry. None for other failures."""
+    if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+        cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
+        return RuntimeError(f"a {role} actor could not start: {cause}")
+    return None
+
+
 def prepare_store(config: RunConfig) -> RunStore:
     """The run's storage, checked writable, and its discriminator, checked loadable; refuse to mix results of
     another config into an existing run.
@@ -213,15 +236,7 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
     todo = [s for s in shards if s.name not in done]
     if not todo:
         return sum(len(s.feature_ids) for s in shards), []
-    n_actors, cpus, gpus = _actor_count(config.actors)
-    options = {
-        "num_cpus": cpus,
-        "num_gpus": gpus,
-        # Ray restarts a dead actor and reruns its task there (tasks sent while it restarts wait for it).
-        "max_restarts": -1,
-        "max_task_retries": MAX_ATTEMPTS - 1,
-        "runtime_env": {"env_vars": storage_env(config.out)},
-    }
+    n_actors, cpus, options = restartable_actors(config.actors, config.out)
     args = (
         config.out,
         config.discriminator,
@@ -252,10 +267,9 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
         try:
             info = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
-                # An actor that cannot even start (bad model, no memory) fails the same way on every retry.
-                cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
-                raise RuntimeError(f"a labeling actor could not start: {cause}") from err
+            stop = start_failure(err, "labeling")
+            if stop:
+                raise stop from err
             attempts[shard.name] += 1
             reason = str(err).strip().splitlines()[0]
             if attempts[shard.name] < MAX_ATTEMPTS:

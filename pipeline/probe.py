@@ -35,11 +35,11 @@ from transformers import AutoConfig
 
 from pipeline.actors import _use_cpus
 from pipeline.config import REPO, RunConfig
-from pipeline.driver import MAX_ATTEMPTS, _actor_count, _versions, connect
+from pipeline.driver import _versions, connect, restartable_actors, start_failure
 from pipeline.plan import chunks
 from pipeline.progress import Progress, format_seconds
 from pipeline.query import has_table, open_run
-from pipeline.storage import CONFIG, MANIFEST, RunStore, storage_env
+from pipeline.storage import CONFIG, MANIFEST, RunStore
 from workers.models import default_device, resolve_model
 from workers.probe import (
     HIDDEN_POOLINGS,
@@ -246,15 +246,8 @@ def extract(store: RunStore, config: ProbeConfig, model: str, hook: str, sae: st
     todo = deque((a, b) for a, b in chunks(len(texts), config.chunk) if texts_shard(a, b - 1) not in done)
     if not todo:
         return
-    n_actors, cpus, gpus = _actor_count(config.actors)
-    options = {
-        "num_cpus": cpus,
-        "num_gpus": gpus,
-        # A dead actor is restarted and its task rerun there; a shard is written whole or not at all.
-        "max_restarts": -1,
-        "max_task_retries": MAX_ATTEMPTS - 1,
-        "runtime_env": {"env_vars": storage_env(store.uri)},
-    }
+    # A dead actor is restarted and its task rerun there; a shard is written whole or not at all.
+    n_actors, cpus, options = restartable_actors(config.actors, store.uri)
     args = (store.uri, model, hook, sae, length, config.top_n, config.batch, cpus)
     actors = [ProbeActor.options(**options).remote(*args) for _ in range(min(n_actors, len(todo)))]
     progress = Progress(sum(b - a for a, b in todo), "probe", "texts")
@@ -275,9 +268,9 @@ def extract(store: RunStore, config: ProbeConfig, model: str, hook: str, sae: st
             try:
                 progress.update(ray.get(ref))
             except ray.exceptions.RayActorError as err:
-                if err.actor_init_failed:
-                    cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
-                    raise RuntimeError(f"a probe actor could not start: {cause}") from err
+                stop = start_failure(err, "probe")
+                if stop:
+                    raise stop from err
                 raise
             submit(actor)
     finally:

@@ -350,3 +350,22 @@ def test_probe_end_to_end_on_ray(ray_session, tmp_path, tiny_sae_dir, capsys):
     assert json.loads(Path(out, "summary.json").read_text()) == summary
     with pytest.raises(ValueError, match="top_n"):
         probe_stage.probe(ProbeConfig(run=uri, dataset=data, text_col="body", label_col="topic", out=out, top_n=2))
+
+
+@pytest.mark.slow
+def test_an_actor_that_cannot_start_stops_the_probe(ray_session, tmp_path, tiny_sae_dir):
+    # The model's config and tokenizer load (the checks pass), its weights do not: only the actor finds out.
+    from transformers import BertConfig, BertModel
+
+    from workers.models import load_tokenizer
+
+    folder = tmp_path / "broken-weights"
+    config = BertConfig(hidden_size=384, num_hidden_layers=4, num_attention_heads=4, intermediate_size=16)
+    BertModel(config).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    uri = labeled_run(tmp_path, str(tiny_sae_dir), model=str(folder))
+    config = ProbeConfig(run=uri, dataset=dataset(tmp_path), text_col="body", label_col="topic")
+    with pytest.raises(RuntimeError, match="probe actor could not start: .*Error"):
+        probe_stage.probe(config)
+    assert not Path(config.uri, "summary.json").exists()
