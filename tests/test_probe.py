@@ -17,6 +17,7 @@ from pipeline import probe as probe_stage
 from pipeline.cli import main
 from pipeline.config import RunConfig
 from pipeline.probe import ProbeConfig
+from pipeline.storage import RunStore
 from workers.probe import (
     POOLINGS,
     ClassifierConfig,
@@ -369,3 +370,21 @@ def test_an_actor_that_cannot_start_stops_the_probe(ray_session, tmp_path, tiny_
     with pytest.raises(RuntimeError, match="probe actor could not start: .*Error"):
         probe_stage.probe(config)
     assert not Path(config.uri, "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_probe_of_a_run_on_s3(s3_server, monkeypatch, ray_session, tmp_path, tiny_sae_dir):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    uri = "s3://toklabel/runs/probed"
+    store = write_run(uri, n_features=40, shard_size=10)
+    store.write_text("config.yaml", RunConfig(out=uri, sae=str(tiny_sae_dir), model="minilm", hook=HOOK).to_yaml())
+    config = ProbeConfig(run=uri, dataset=dataset(tmp_path), text_col="body", label_col="topic", chunk=30)
+    manifest, _ = probe_stage.probe(config)
+    assert config.uri == manifest["uri"] == f"{uri}/probes/data"
+    out = RunStore(config.uri)
+    assert out.list("features") == ["texts-00000000-00000029.parquet", "texts-00000030-00000044.parquet"]
+    assert len(out.read_json("summary.json")["results"]) == 13 and out.exists("_manifest.json")
+    page = tmp_path / "report.html"
+    assert main(["report", uri, "-o", str(page), "--probe", config.uri]) == 0
+    assert page.read_text().count('class="probe-class"') == 3
