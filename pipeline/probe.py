@@ -453,14 +453,14 @@ def markdown(manifest: dict, results: pa.Table, top: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def feature_key(config: ProbeConfig, run: RunConfig, texts: list[str], length: int) -> dict:
-    """What the features shards depend on: a rerun with the same key resumes them."""
+def feature_key(config: ProbeConfig, model: str, hook: str, sae: str, texts: list[str], length: int) -> dict:
+    """What the features shards depend on (not the labels: those are joined afresh), so that a rerun with the
+    same key resumes them."""
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     return {
-        "run": config.run,
-        "run_config_hash": run.hash(),
-        "dataset": config.dataset,
-        "text_col": config.text_col,
+        "model": model,
+        "hook": hook,
+        "sae": sae,
         "texts": len(texts),
         "texts_sha256": digest,
         "context_length": length,
@@ -495,9 +495,10 @@ def probe(config: ProbeConfig, address: str | None = None) -> tuple[dict, str]:
     accept = load_accept(config, classes)
     model, hook, sae = resolve_models(config.run, run)
     length = config.context_length or run.context_length
-    key = feature_key(config, run, texts, length)
+    key = feature_key(config, model, hook, run.sae, texts, length)
     store = prepare_store(config, key)
     store.write_json(SETTINGS, {"features": key, "settings": settings_dict(config)})
+    store.delete(MANIFEST)  # an earlier probe's: the manifest marks a finished probe, and this one is not yet
     seconds = {}
     started = connect(address)
     try:

@@ -284,6 +284,12 @@ def test_hub_dataset_needs_a_bound_and_the_optional_package(monkeypatch):
         read_labeled("hf:ag_news", "text", "label", limit=100)
 
 
+def test_hub_dataset_offline_is_a_clear_error():
+    pytest.importorskip("datasets")  # the optional `hf` extra
+    with pytest.raises(ValueError, match="'hf:fancyzhx/ag_news': could not stream dataset"):
+        read_labeled("hf:fancyzhx/ag_news", "text", "label", limit=10)  # the tests run with HF_HUB_OFFLINE=1
+
+
 def test_check_classes():
     check_classes(["a"] * 5 + ["b"] * 5, folds=5, dataset="d")
     with pytest.raises(ValueError, match="at least 2 classes"):
