@@ -205,8 +205,9 @@ def weights_svg(rows: list[list], top: float, width: int = 420, bar: int = 16) -
         cls = "nolabel" if not label else "named" if named else ""
         name = f"{label} ({score:.2f})" if label and score is not None else label or f"no label ({status})"
         tip = f"feature {fid}: {name}; weight {weight}" + (f"; top example: {example}" if example else "")
+        name = name if len(name) <= 32 else name[:31] + "…"
         parts.append(
-            f'<g><title>{html.escape(tip)}</title><text x="0" y="{y + bar - 4}">#{fid} {html.escape(shorten(name, 32))}'
+            f'<g><title>{html.escape(tip)}</title><text x="0" y="{y + bar - 4}">#{fid} {html.escape(name)}'
             f'</text><rect class="{cls}" x="{text_width}" y="{y + 1}" width="{w:.1f}" height="{bar - 2}"></rect>'
             f'<text class="w" x="{text_width + w + 4:.1f}" y="{y + bar - 4}">{weight:.2f}</text></g>'
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,17 @@ def test_names_class_by_any_word():
     accept = {"animal", "animals"}
     assert names_class("animals", accept) and names_class("wild Animal", accept)
     assert not names_class("dog", accept) and not names_class(None, accept)
+
+
+def test_weight_bars_mark_naming_and_missing_labels():
+    from pipeline.report import weights_svg
+
+    rows = [[7, "animals", "ok", 0.9, 0.95, True, "the animals ran"], [8, "dogs", "ok", 0.6, 0.9, False, None]]
+    svg = weights_svg(rows + [[9, None, "unlabeled", 0.3, None, None, None]], top=0.9)
+    assert svg.count("<rect") == 3 and 'class="named"' in svg and 'class="nolabel"' in svg
+    assert "#9 no label (unlabeled)" in svg and "top example: the animals ran" in svg
+    widths = [float(w) for w in re.findall(r'width="([0-9.]+)" height', svg)]
+    assert widths[0] > widths[1] > widths[2] > 0  # bars scale with the weights
 
 
 def test_shipped_datasets():
