@@ -87,15 +87,11 @@ SENTENCE_END_RE = re.compile(r"(?<=[。！？；])")
 HAN_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
-def require(paths: list[Path]) -> None:
-    """Exit with a clear message when the Debian packages are not installed."""
+def require(paths: list[Path], packages: str = "wordnet-base fortunes-zh") -> None:
+    """Exit with a clear message when the Debian `packages` holding `paths` are not installed."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        sys.exit(
-            "missing source files: "
-            + ", ".join(missing)
-            + "\ninstall them with: apt-get install wordnet-base fortunes-zh"
-        )
+        sys.exit("missing source files: " + ", ".join(missing) + f"\ninstall them with: apt-get install {packages}")
 
 
 def sense_numbers(index_file: Path) -> dict[tuple[str, str], int]:

@@ -114,9 +114,22 @@ def cmd_show(args) -> None:
 
 
 def cmd_report(args) -> None:
-    size = report.write_report(args.uri, args.output)
+    size = report.write_report(args.uri, args.output, probe=args.probe)
     warn_if_partial(args.uri)
     print(f"wrote {args.output} ({size / 1e6:.2f} MB)")
+
+
+def cmd_probe(args) -> None:
+    from pipeline import probe
+    from workers.probe import ClassifierConfig
+
+    classifier = ClassifierConfig(test_fraction=args.test_fraction, folds=args.folds, seed=args.seed)
+    options = {k: getattr(args, k) for k in ("text_col", "label_col", "out", "top_n", "threshold", "context_length")}
+    options |= {k: getattr(args, k) for k in ("max_texts", "top_features", "accept", "actors")}
+    config = probe.ProbeConfig(run=args.uri, dataset=args.dataset, classifier=classifier, **options)
+    manifest, text = probe.probe(config, args.address)
+    print(text)
+    print(f"outputs in {manifest['uri']}", file=sys.stderr)
 
 
 def cmd_export(args) -> None:
@@ -195,7 +208,33 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="static HTML report of a run (one self-contained file)")
     rep.add_argument("uri", help="run directory or s3:// URI")
     rep.add_argument("-o", "--output", required=True, help="HTML file to write")
+    rep.add_argument("--probe", default=None, help="a probe's URI (toklabel probe): adds its section")
     rep.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser(
+        "probe",
+        help="classifiers over pooled SAE features of labeled texts, top features shown with their labels",
+        description="Encode a labeled dataset with the run's subject model and SAE (on Ray), pool each text's SAE "
+        "features, fit class-balanced logistic regressions (SAE features per pooling, with and without "
+        "binarisation; hidden-state and TF-IDF baselines), and join each class's top features with the run's labels.",
+    )
+    pr.add_argument("uri", help="the labeled run: directory or s3:// URI")
+    pr.add_argument("--dataset", required=True, help=".jsonl / .parquet with text and label columns, or hf:NAME")
+    pr.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    pr.add_argument("--label-col", default="label", help="column holding the class (default: label)")
+    pr.add_argument("--out", default=None, help="the probe's directory or s3:// URI (default: URI/probes/DATASET)")
+    pr.add_argument("--top-n", type=int, default=5, help="top-n pooling: latents counted per token (default: 5)")
+    pr.add_argument("--threshold", type=float, default=1.0, help="binarised features: value > this (default: 1.0)")
+    pr.add_argument("--context-length", type=int, default=None, help="tokens read per text (default: the run's)")
+    pr.add_argument("--max-texts", type=int, default=None, help="use the first N texts (needed for hf: datasets)")
+    pr.add_argument("--top-features", type=int, default=10, help="features per class shown with labels (default: 10)")
+    pr.add_argument("--accept", default=None, help="JSON of labels naming each class (default: shipped datasets' own)")
+    pr.add_argument("--test-fraction", type=float, default=0.2, help="stratified test split (default: 0.2)")
+    pr.add_argument("--folds", type=int, default=5, help="stratified CV folds choosing C (default: 5)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the split and the folds (default: 0)")
+    pr.add_argument("--actors", type=int, default=None, help="feature-extraction actors (default: one per 2 CPUs)")
+    pr.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    pr.set_defaults(func=cmd_probe)
 
     ex = sub.add_parser("export", help="labels out to other tools")
     targets = ex.add_subparsers(dest="target", required=True)

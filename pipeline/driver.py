@@ -55,10 +55,33 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
-def _actor_count(config: RunConfig) -> tuple[int, float, float]:
+def _actor_count(actors: int | None, gpus_per_actor: float | None) -> tuple[int, float, float]:
     """(actors, CPUs each, GPUs each) for the cluster as it is now (see `plan_actors`)."""
     node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-    return plan_actors(config.actors, config.gpus_per_actor, ray.cluster_resources(), node_cpus)
+    return plan_actors(actors, gpus_per_actor, ray.cluster_resources(), node_cpus)
+
+
+def restartable_actors(actors: int | None, gpus_per_actor: float | None, uri: str) -> tuple[int, float, dict]:
+    """(actors, CPUs each, Ray options) for a pool of actors that reach the storage at `uri` and that Ray restarts
+    when they die, rerunning their task there (tasks sent while one restarts wait for it)."""
+    n, cpus, gpus = _actor_count(actors, gpus_per_actor)
+    options = {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "max_restarts": -1,
+        "max_task_retries": MAX_ATTEMPTS - 1,
+        "runtime_env": {"env_vars": storage_env(uri)},
+    }
+    return n, cpus, options
+
+
+def start_failure(err: Exception, role: str) -> RuntimeError | None:
+    """The error to stop the run with when `err` says an actor could not even start (bad model, no memory):
+    it would fail the same way on every retry. None for other failures."""
+    if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+        cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
+        return RuntimeError(f"a {role} actor could not start: {cause}")
+    return None
 
 
 def prepare_store(config: RunConfig) -> RunStore:
@@ -133,7 +156,7 @@ def run(config: RunConfig, address: str | None = None) -> RunResult:
 
 def harvest(config: RunConfig, model: str, hook: str, texts: list[str]) -> Harvest:
     """Per-latent top-k, quantile sample and pool firing over the corpus, sharded by chunk across Ray actors."""
-    n_actors, cpus, gpus = _actor_count(config)
+    n_actors, cpus, gpus = _actor_count(config.actors, config.gpus_per_actor)
     actors = [
         HarvestActor.options(num_cpus=cpus, num_gpus=gpus).remote(
             model,
@@ -210,15 +233,7 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
     todo = [s for s in shards if s.name not in done]
     if not todo:
         return sum(len(s.feature_ids) for s in shards), []
-    n_actors, cpus, gpus = _actor_count(config)
-    options = {
-        "num_cpus": cpus,
-        "num_gpus": gpus,
-        # Ray restarts a dead actor and reruns its task there (tasks sent while it restarts wait for it).
-        "max_restarts": -1,
-        "max_task_retries": MAX_ATTEMPTS - 1,
-        "runtime_env": {"env_vars": storage_env(config.out)},
-    }
+    n_actors, cpus, options = restartable_actors(config.actors, config.gpus_per_actor, config.out)
     args = (
         config.out,
         config.discriminator,
@@ -249,10 +264,9 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
         try:
             info = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
-            if isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
-                # An actor that cannot even start (bad model, no memory) fails the same way on every retry.
-                cause = str(err).strip().splitlines()[-1]  # the constructor's own error, after Ray's traceback
-                raise RuntimeError(f"a labeling actor could not start: {cause}") from err
+            stop = start_failure(err, "labeling")
+            if stop:
+                raise stop from err
             attempts[shard.name] += 1
             reason = str(err).strip().splitlines()[0]
             if attempts[shard.name] < MAX_ATTEMPTS:

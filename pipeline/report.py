@@ -137,8 +137,8 @@ def histogram_svg(hist: list[int], width: int = 420, height: int = 110) -> str:
     )
 
 
-def render_html(data: dict) -> str:
-    """The report page for `report_data` output."""
+def render_html(data: dict, sections: str = "") -> str:
+    """The report page for `report_data` output; `sections`: HTML of other stages' sections (a probe's)."""
     s = summary(data["features"])
     median = f"{s['median']:.3f}" if s["median"] is not None else "n/a"
     cards = [
@@ -157,12 +157,102 @@ def render_html(data: dict) -> str:
         .replace("__TITLE__", html.escape(data["uri"]))
         .replace("__STATS__", stats)
         .replace("__HIST__", histogram_svg(s["hist"]))
+        .replace("__SECTIONS__", sections)
         .replace("__DATA__", payload)
     )
 
 
-def write_report(uri: str, out: str) -> int:
-    """Write the report of the run at `uri` to the file `out`; its size in bytes."""
-    page = render_html(report_data(uri))
+def probe_section(uri: str) -> dict:
+    """What the report shows of a probe (`toklabel probe`): its results, and per class the interpreted
+    classifier's top features with their labels."""
+    from pipeline.probe import RESULT_KEYS, read_probe  # the probe stage pulls in scikit-learn and torch
+
+    summary, manifest, results, top = read_probe(uri)
+    chosen = manifest["interpreted"]
+    classes: dict[str, list] = {c: [] for c in manifest["classes"]}
+    for r in top.to_pylist():
+        if r["interpreted"]:
+            classes[r["class"]].append(
+                [
+                    r["feature_id"],
+                    r["label"],
+                    r["label_status"],
+                    _round(r["weight"], 3),
+                    _round(r["label_score"], 3),
+                    r["names_class"],
+                    r["example"],
+                ]
+            )
+    return {
+        "uri": uri,
+        "dataset": summary["dataset"],
+        "texts": manifest["texts"],
+        "n_test": manifest["n_test"],
+        "chosen": [chosen["method"], chosen["pooling"], chosen["binarised"]],
+        "results": [[r[k] for k in RESULT_KEYS] for r in summary["results"]],
+        "cv": [r["cv_macro_f1"] for r in results.to_pylist()],
+        "classes": classes,
+        "named": manifest["named"],
+    }
+
+
+def weights_svg(rows: list[list], top: float, width: int = 420, bar: int = 16) -> str:
+    """Horizontal bars of one class's top feature weights (scaled to `top`), each named by its label."""
+    text_width, parts = 230, []
+    for i, (fid, label, status, weight, score, named, example) in enumerate(rows):
+        y = i * (bar + 4)
+        w = (width - text_width - 40) * max(weight, 0) / (top or 1)
+        cls = "nolabel" if not label else "named" if named else ""
+        name = f"{label} ({score:.2f})" if label and score is not None else label or f"no label ({status})"
+        tip = f"feature {fid}: {name}; weight {weight}" + (f"; top example: {example}" if example else "")
+        name = name if len(name) <= 32 else name[:31] + "…"
+        parts.append(
+            f'<g><title>{html.escape(tip)}</title><text x="0" y="{y + bar - 4}">#{fid} {html.escape(name)}'
+            f'</text><rect class="{cls}" x="{text_width}" y="{y + 1}" width="{w:.1f}" height="{bar - 2}"></rect>'
+            f'<text class="w" x="{text_width + w + 4:.1f}" y="{y + bar - 4}">{weight:.2f}</text></g>'
+        )
+    height = max(1, len(rows)) * (bar + 4)
+    return (
+        f'<svg class="weights" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="top feature weights">{"".join(parts)}</svg>'
+    )
+
+
+def probe_html(p: dict) -> str:
+    """The probe's section: the comparison table, and a bar chart of top feature weights per class."""
+    best = max(r[3] for r in p["results"]) or 1.0
+    rows = []
+    for (method, pooling, binarised, f1, acc), cv in zip(p["results"], p["cv"]):
+        mark = ' class="best"' if [method, pooling, binarised] == p["chosen"] else ""
+        cells = [method, pooling or "–", "–" if binarised is None else "yes" if binarised else "no"]
+        bar = f'<span class="f1bar" style="width:{60 * f1 / best:.0f}px"></span>'
+        rows.append(
+            f"<tr{mark}>"
+            + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+            + f'<td class="num">{f1:.3f}{bar}</td><td class="num">{acc:.3f}</td><td class="num">{cv:.3f}</td></tr>'
+        )
+    top = max((r[3] for rs in p["classes"].values() for r in rs), default=1.0)
+    charts = []
+    for c, feats in p["classes"].items():
+        named = p["named"].get(c)
+        judged = f" · {named} of {len(feats)} labels name it" if named is not None else ""
+        charts.append(f'<div class="probe-class"><h3>{html.escape(c)}{judged}</h3>{weights_svg(feats, top)}</div>')
+    method, pooling, binarised = p["chosen"]
+    chosen = f"{method} {pooling}" + (" binarised" if binarised else "")
+    return (
+        f'<section class="probe"><h2>Probe: {html.escape(p["dataset"])}</h2>'
+        f'<div class="meta">{p["texts"]} texts, macro F1 and accuracy on {p["n_test"]} held out · '
+        f"{html.escape(p['uri'])}</div><table><thead><tr><th>method</th><th>pooling</th><th>binarised</th>"
+        f"<th>macro F1</th><th>accuracy</th><th>CV macro F1</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<div class="meta">Top features per class of {html.escape(chosen)} (best CV macro F1), by weight; '
+        "orange: the label names the class, dashed: the feature has no label.</div>"
+        f'<div class="probe-classes">{"".join(charts)}</div></section>'
+    )
+
+
+def write_report(uri: str, out: str, probe: str | None = None) -> int:
+    """Write the report of the run at `uri` (with the section of the probe at `probe`) to the file `out`;
+    its size in bytes."""
+    page = render_html(report_data(uri), sections=probe_html(probe_section(probe)) if probe else "")
     Path(out).write_text(page, encoding="utf-8")
     return len(page.encode())
