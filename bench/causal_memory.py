@@ -6,8 +6,8 @@ pass and against texts per shard: settings bound it, the amount of work does not
 Each point is one `Labeler.label` call (2 optimiser steps, features_per_batch features at a time) in a fresh
 process over a shard of synthetic features, 20 demo-corpus texts each; the discriminator is a random Llama
 (hidden 256, 4 layers) with SmolLM2's real tokenizer, prompted without its chat template (a short suffix).
-Peak RSS is the process's high-water mark; "labeling" is that peak less the RSS after the model loaded. Prints a table and writes
-bench/results/causal_memory.json.
+Peak RSS is the process's high-water mark; "labeling" is that peak less the RSS after the model loaded.
+Prints a table and writes bench/results/causal_memory.json.
 """
 
 from __future__ import annotations
