@@ -132,6 +132,19 @@ def test_an_output_head_of_unknown_shape_is_refused(trained_tokenizers, tmp_path
         load_discriminator(path)
 
 
+def test_a_bfloat16_model_with_large_logits_passes_the_head_check(trained_tokenizers, tmp_path):
+    """bfloat16 rounds the full forward pass's logits; the check allows that rounding and no more."""
+    from safetensors.torch import load_file, save_file
+
+    path = save_tiny_lm("llama", trained_tokenizers["bpe"], tmp_path, tie_word_embeddings=False)
+    weights = load_file(f"{path}/model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 300
+    save_file(weights, f"{path}/model.safetensors", metadata={"format": "pt"})
+    disc = CausalLMDiscriminator(path, dtype=torch.bfloat16)
+    ids = torch.tensor([disc.prompt.prefix_ids("A short text.")])
+    assert disc.model(input_ids=ids).logits.abs().max() > 10  # logits where bfloat16 rounds by more than 0.03
+
+
 @pytest.mark.parametrize("mode", ["st-gumbel", "soft"])
 def test_a_bfloat16_model_labels_with_float32_token_weights(tiny_llama_dir, demo_texts, mode):
     """The dtype a GPU run uses: the model in bfloat16, the optimiser's weights and gradients in float32."""
