@@ -241,10 +241,14 @@ class LabelOptimiser:
         return proposals
 
     @torch.no_grad()
-    def label_logits(self, owner: list[int], labels: list[tuple[int, ...]], batch: FeatureBatch, texts: object):
+    def label_logits(
+        self, owner: list[int], labels: list[tuple[int, ...]], batch: FeatureBatch, texts: object, split: str = "all"
+    ):
         """Raw logits [R, n] of discrete labels `labels` (token ids, any lengths) on the examples of features
-        `owner` [R]; labels of one length go through the discriminator together, SCORE_ROWS per pass (bounds
-        the [labels, examples, d] gather of an embedding model)."""
+        `owner` [R], on their training examples only for split "train" (a model that sees each pair runs no
+        others; the rest read 0); labels of one length go through the discriminator together, SCORE_ROWS per
+        pass (bounds the [labels, examples, d] gather of an embedding model)."""
+        needed = batch.train if split == "train" else batch.train | batch.test
         out = torch.empty(len(labels), batch.index.shape[1], device=self.device)
         by_length: dict[int, list[int]] = {}
         for row, ids in enumerate(labels):
@@ -253,12 +257,13 @@ class LabelOptimiser:
             for i in range(0, len(rows), SCORE_ROWS):
                 part = rows[i : i + SCORE_ROWS]
                 ids = torch.tensor([labels[r] for r in part], device=self.device)
-                index = batch.index[torch.tensor([owner[r] for r in part], device=self.device)]
+                features = torch.tensor([owner[r] for r in part], device=self.device)
+                index = batch.index[features]
                 states = self.disc.token_states(ids[:, 0]) if length == 1 else None
                 if states is not None:  # one-token labels: their kept states, no encoder pass
                     out[part] = self.disc.state_logits(states, texts, index).float()
                 else:
-                    out[part] = self.disc.score(self.disc.embed_tokens(ids), texts, index).float()
+                    out[part] = self.disc.score(self.disc.embed_tokens(ids), texts, index, needed[features]).float()
         return out
 
     @torch.no_grad()
@@ -266,7 +271,7 @@ class LabelOptimiser:
         """Score every candidate as a discrete label on the training split; best first."""
         owner = [f for f, cands in enumerate(proposals) for _ in cands]
         labels = [ids for cands in proposals for ids in cands]
-        raw = self.label_logits(owner, labels, batch, texts)
+        raw = self.label_logits(owner, labels, batch, texts, split="train")
         rows = torch.tensor(owner, device=self.device)
         aucs = batched_auc(raw, batch.positive[rows], batch.train[rows])
         ranked: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in proposals]
