@@ -19,10 +19,11 @@ from workers.discriminators import load_discriminator
 from workers.harvest import Harvest, Harvester
 from workers.labeler import Labeler
 from workers.models import default_device
+from workers.namers import load_namer
 from workers.optimiser import OptimiserConfig
 from workers.sae import load_sae
 from workers.subject import SubjectModel
-from workers.vocab import label_vocab
+from workers.vocab import label_vocab, label_words
 
 
 def _use_cpus(n: float) -> None:
@@ -67,6 +68,8 @@ class LabelActor:
         discriminator: str,
         options: dict,
         optimiser: OptimiserConfig,
+        namer: str,
+        patterns: tuple[str, ...],
         batch_size: int,
         test_fraction: float,
         config_hash: str,
@@ -75,7 +78,11 @@ class LabelActor:
         _use_cpus(cpus)
         self.store = RunStore(uri)
         disc = load_discriminator(discriminator, device=default_device(), **options)
-        self.labeler = Labeler(disc, label_vocab(disc.tokenizer), optimiser, batch_size, test_fraction, config_hash)
+        vocab = label_vocab(disc.tokenizer)
+        namer_model = load_namer(
+            namer, label_words(disc.tokenizer, vocab), patterns, disc, device=disc.device, dtype=options.get("dtype")
+        )
+        self.labeler = Labeler(disc, vocab, optimiser, batch_size, test_fraction, config_hash, namer_model)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def label_shard(self, shard: Shard) -> dict:

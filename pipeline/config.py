@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from workers.discriminators import READOUTS
+from workers.namers import DEFAULT_NAMER, DEFAULT_PATTERNS, check_patterns
 from workers.optimiser import MODES, OptimiserConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +57,13 @@ class RunConfig:
     """labels this close to the best training AUROC are tied; the one most like the others is chosen"""
     naturalness_weight: float = 0.0
     """weight of the label's surprisal under a causal-LM discriminator's own next-token distribution"""
+    namer: str = DEFAULT_NAMER
+    """causal LM that proposes category names for each feature's tied labels, each verified by the
+    discriminator: "smollm2" (the bundled SmolLM2-135M-Instruct), a folder or hub name, "discriminator" (a
+    causal-LM discriminator names too), or "none" (the search's labels as they are)"""
+    namer_patterns: list[str] | None = None
+    """list patterns the namer completes, each with the slot {members} (default: "{members} are all kinds of"
+    and "Q: What do {members} have in common? A: They are all")"""
     chat: bool | None = None
     """causal LMs: wrap the template in the model's chat template (default: where the model has one)"""
     answers: list[str] | None = None
@@ -125,6 +133,7 @@ class RunConfig:
                 "answers",
                 "a list of two words, the yes and the no",
             ),
+            (isinstance(self.namer, str) and self.namer.strip(), "namer", "a model, 'discriminator' or 'none'"),
             (0 < self.test_fraction < 1, "test_fraction", "between 0 and 1"),
             (self.shard_size >= 1, "shard_size", "at least 1"),
             (self.features_per_batch >= 1, "features_per_batch", "at least 1"),
@@ -143,6 +152,11 @@ class RunConfig:
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"config key {key!r} = {getattr(self, key)!r}; expected {expected}")
+        if self.namer_patterns is not None:
+            try:
+                check_patterns(self.namer_patterns)
+            except ValueError as err:
+                raise ValueError(f"config key 'namer_patterns': {err}") from None
         if self.optimiser == "exhaustive" and self.label_tokens != 1:
             raise ValueError("config: optimiser 'exhaustive' needs label_tokens: 1")
 
@@ -155,7 +169,7 @@ class RunConfig:
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
-        for key in ("sae", "corpus", "out", "model", "discriminator"):
+        for key in ("sae", "corpus", "out", "model", "discriminator", "namer"):
             value = raw.get(key)
             if isinstance(value, str) and value.startswith(("./", "../")):
                 raw[key] = str((path.parent / value).resolve())
@@ -194,6 +208,11 @@ class RunConfig:
         defaults. `dtype` is not among them: it goes to every model, see `torch_dtype`."""
         keys = ("template", "readout", "chat", "answers", "pair_batch")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The namer's list patterns."""
+        return tuple(self.namer_patterns) if self.namer_patterns is not None else DEFAULT_PATTERNS
 
     @property
     def torch_dtype(self):

@@ -30,6 +30,7 @@ from workers.harvest import (
 )
 from workers.labeler import check_examples
 from workers.models import load_tokenizer
+from workers.namers import check_namer
 from workers.sae import load_sae
 from workers.subject import check_hook
 
@@ -91,6 +92,7 @@ def prepare_store(config: RunConfig) -> RunStore:
     Writes nothing but the probe, so a run refused for bad input leaves the location as it was.
     """
     check_discriminator(config.discriminator, config.label_tokens, **config.discriminator_options())
+    check_namer(config.namer, config.discriminator, config.patterns)
     store = RunStore(config.out)
     store.check_writable()
     if store.exists(CONFIG):
@@ -239,6 +241,8 @@ def label_shards(store: RunStore, config: RunConfig, shards: list[Shard]) -> tup
         config.discriminator,
         {**config.discriminator_options(), "dtype": config.torch_dtype},
         config.optimiser_config(),
+        config.namer,
+        config.patterns,
         config.features_per_batch,
         config.test_fraction,
         config.hash(),

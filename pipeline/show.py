@@ -152,6 +152,20 @@ def render(feature: Feature, color: bool = False) -> str:
             f"{a['label']} {a['score']:.3f}" if a.get("score") is not None else a["label"] for a in alternatives
         )
         lines.append(f"alternatives  {alts}")
+    if lab.get("label_source"):
+        namer = f" (namer {lab['namer']})" if lab.get("namer") else ""
+        lines.append(f"label from    the {lab['label_source']}{namer}")
+    proposals = lab.get("proposals") or []
+    if proposals:
+        props = "  ".join(
+            f"{p['label']} {p['train_score']:.3f}{'*' if p['verified'] else ''}"
+            if p.get("train_score") is not None
+            else p["label"]
+            for p in proposals
+        )
+        lines.append(f"proposals     {props}   (training ROC AUC; * verified)")
+    if lab.get("namer_error"):
+        lines.append(f"namer error   {lab['namer_error']}")
     if feature.latent:
         lat = feature.latent
         lines.append(

@@ -14,10 +14,13 @@ def summary(result: RunResult) -> str:
     counts = {r["status"]: r["n"] for r in rows}
     ok = counts.get("ok", 0)
     median = run.sql("SELECT median(score) AS m FROM labels WHERE status = 'ok'").fetchall()[0][0]
+    named = "label_source" in {c[0] for c in run.sql("DESCRIBE labels").fetchall()}
+    source = "label_source AS source" if named else "NULL AS source"
     sample = run.sql(
-        "SELECT feature_id, label, round(score, 3) AS score, alternatives[2].label AS runner_up "
+        f"SELECT feature_id, label, round(score, 3) AS score, {source}, alternatives[2].label AS runner_up "
         "FROM labels WHERE status = 'ok' ORDER BY hash(feature_id) LIMIT 10"
     ).to_arrow_table()
+    by_namer = run.sql("SELECT count(*) FROM labels WHERE label_source = 'namer'").fetchall()[0][0] if named else 0
     label_s = result.seconds.get("label", 0.0)
     rate = f"{ok / label_s * 60:.1f}" if label_s > 0 else "n/a"
     median_text = f"{median:.3f}" if median is not None else "n/a"
@@ -30,6 +33,7 @@ def summary(result: RunResult) -> str:
         f"label {format_seconds(label_s)}",
         f"features/min      {rate} (labeling)",
         f"median score      {median_text} (held-out ROC AUC)",
+        f"named             {by_namer} labels proposed by the namer and verified",
         "",
         format_table(sample.sort_by([("score", "descending")])),
         "",

@@ -232,6 +232,9 @@ class S3Server:
             f"-s3.port={p[8]}",
             f"-s3.config={self.root / 's3.json'}",
             "-s3.autoCreateBucket=false",  # as on AWS: writing to a missing bucket is an error
+            # Its Iceberg and Lance catalogs listen on fixed ports by default: off, so two servers can run at once.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ]
         log = open(self.root / "weed.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)

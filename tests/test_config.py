@@ -50,7 +50,9 @@ def test_hash_ignores_batch_sizes_and_parallelism_so_a_run_resumes_after_lowerin
     base = RunConfig(out="a")
     for key, value in [("features_per_batch", 8), ("pair_batch", 64), ("harvest_batch", 4), ("actors", 3)]:
         assert RunConfig(out="a", **{key: value}).hash() == base.hash(), key
-    for key, value in [("dtype", "bfloat16"), ("answers", ["true", "false"]), ("chat", False), ("shard_size", 8)]:
+    changed = [("dtype", "bfloat16"), ("answers", ["true", "false"]), ("chat", False), ("shard_size", 8)]
+    changed += [("namer", "none"), ("namer_patterns", ["{members} and other"])]
+    for key, value in changed:
         assert RunConfig(out="a", **{key: value}).hash() != base.hash(), key
 
 

@@ -1,20 +1,25 @@
-"""Label a set of features from their examples table: validate, split, search, score held out."""
+"""Label a set of features from their examples table: validate, split, search, name, score held out."""
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from workers.discriminators import Discriminator
+from workers.namers import Namer
 from workers.optimiser import FeatureBatch, LabelOptimiser, OptimiserConfig, Search
-from workers.scoring import best_threshold, classification_scores, roc_auc
+from workers.scoring import batched_auc, best_threshold, classification_scores, roc_auc
 from workers.vocab import decode_label, label_token_ids
 
 ALTERNATIVES = 5
+PROPOSALS = 16
+"""category proposals the namer makes per feature, each verified by the discriminator"""
+SOURCES = ("search", "namer")
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -27,6 +32,22 @@ LABELS_SCHEMA = pa.schema(
         ("f1", pa.float64()),
         ("train_score", pa.float64()),
         ("alternatives", pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())]))),
+        ("label_source", pa.string()),
+        (
+            "proposals",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("label", pa.string()),
+                        ("train_score", pa.float64()),
+                        ("namer_score", pa.float64()),
+                        ("verified", pa.bool_()),
+                    ]
+                )
+            ),
+        ),
+        ("namer", pa.string()),
+        ("namer_error", pa.string()),
         ("loss_prediction", pa.float64()),
         ("loss_entropy", pa.float64()),
         ("loss_naturalness", pa.float64()),
@@ -54,6 +75,16 @@ class FeatureExamples:
     positive: np.ndarray
     test: np.ndarray
     empty_texts: int
+
+
+@dataclass
+class Named:
+    """What naming did to one feature's search: where its label came from, the namer's proposals with their
+    training AUROC and whether they were verified, and the namer's error on its batch, if any."""
+
+    source: str = "search"
+    proposals: list[dict] = field(default_factory=list)
+    error: str | None = None
 
 
 def check_examples(table: pa.Table) -> None:
@@ -119,12 +150,16 @@ class Labeler:
         batch_size: int = 64,
         test_fraction: float = 0.3,
         config_hash: str = "",
+        namer: Namer | None = None,
+        proposals: int = PROPOSALS,
     ):
         self.disc = discriminator
         self.optimiser = LabelOptimiser(discriminator, vocab, optimiser)
         self.batch_size = batch_size
         self.test_fraction = test_fraction
         self.config_hash = config_hash
+        self.namer = namer
+        self.proposals = proposals
 
     def label(self, examples: pa.Table, feature_ids: list[int], progress=None) -> pa.Table:
         """Labels table rows for `feature_ids` (features absent from `examples` are dead)."""
@@ -133,9 +168,10 @@ class Labeler:
             part = live[start : start + self.batch_size]
             t0 = time.perf_counter()
             searches, batch, texts = self._search(part)
+            named = self._name(searches, batch, texts)
             raws = self._candidate_logits(searches, batch, texts)
             seconds = (time.perf_counter() - t0) / len(part)
-            rows += [self._scored_row(ex, s, raw, seconds) for ex, s, raw in zip(part, searches, raws)]
+            rows += [self._scored_row(ex, s, raw, seconds, n) for ex, s, raw, n in zip(part, searches, raws, named)]
             if progress is not None:
                 progress(len(part))
         rows.sort(key=lambda r: r["feature_id"])
@@ -200,6 +236,73 @@ class Labeler:
         ids = [ex.feature_id for ex in part]
         return FeatureBatch(ids, *(m.to(self.optimiser.device) for m in masks)), texts
 
+    def _name(self, searches: list[Search], batch: FeatureBatch, texts) -> list[Named]:
+        """Name each feature of the batch (see `_verify_and_choose`); where the namer fails, the searches stand
+        as they are and each feature's row says why."""
+        if self.namer is None:
+            return [Named() for _ in searches]
+        tok = self.disc.tokenizer
+        by_score = [sorted(s.candidates, key=lambda c: -c[1]) for s in searches]
+        try:
+            namings = self.namer.name_features(
+                [[decode_label(tok, ids) for ids, _ in cands] for cands in by_score],
+                self.proposals,
+                self.optimiser.config.label_tokens,
+            )
+            return self._verify_and_choose(searches, namings, batch, texts)
+        except Exception as err:  # noqa: BLE001 - a namer failure must never cost the search's labels
+            error = f"{type(err).__name__}: {err}"
+            print(f"namer {self.namer.name!r} failed on features {batch.feature_ids[:5]}...: {error}", file=sys.stderr)
+            return [Named(error=error) for _ in searches]
+
+    @torch.no_grad()
+    def _verify_and_choose(self, searches: list[Search], namings, batch: FeatureBatch, texts) -> list[Named]:
+        """Score every proposal as a discrete label on its feature's training split, as found labels are; a
+        proposal is verified when it is within `tie_window` of the best candidate. Among the tied candidates
+        and the verified proposals, the label the namer scores highest as the name of the others leads (the
+        search's order stands where it scores none); its feature's candidates are reordered in place."""
+        tok, window, k = self.disc.tokenizer, self.optimiser.config.tie_window, self.optimiser.config.label_tokens
+        owner, ids, texts_of = [], [], []
+        for f, naming in enumerate(namings):
+            for text, _ in naming.proposals:
+                token_ids = label_token_ids(tok, text)
+                if 1 <= len(token_ids) <= k:
+                    owner.append(f)
+                    ids.append(token_ids)
+                    texts_of.append(text)
+        aucs = []
+        if ids:
+            raw = self.optimiser.label_logits(owner, ids, batch, texts, split="train")
+            rows = torch.tensor(owner, device=self.optimiser.device)
+            aucs = batched_auc(raw, batch.positive[rows], batch.train[rows]).tolist()
+        verified: list[dict[str, tuple[tuple[int, ...], float]]] = [{} for _ in searches]
+        for f, token_ids, text, auc in zip(owner, ids, texts_of, aucs):
+            verified[f][text] = (token_ids, auc)
+        out = []
+        for f, (search, naming) in enumerate(zip(searches, namings)):
+            best = max(c[1] for c in search.candidates)
+            proposed = dict(naming.proposals)
+            rows = [
+                {
+                    "label": text,
+                    "train_score": verified[f][text][1] if text in verified[f] else None,
+                    "namer_score": score,
+                    "verified": text in verified[f] and verified[f][text][1] >= best - window,
+                }
+                for text, score in naming.proposals
+            ]
+            pool = [(c, naming.scores.get(decode_label(tok, c[0]))) for c in search.candidates if c[1] >= best - window]
+            pool += [(verified[f][r["label"]], proposed[r["label"]]) for r in rows if r["verified"]]
+            judged = [(score, c) for c, score in pool if score is not None]
+            source = "search"
+            if judged:
+                lead = max(judged, key=lambda j: (j[0], j[1][1]))[1]
+                found = [c for c in search.candidates if c[0] != lead[0]]
+                source = "search" if len(found) < len(search.candidates) else "namer"
+                search.candidates[:] = [lead] + found
+            out.append(Named(source, rows))
+        return out
+
     @torch.no_grad()
     def _candidate_logits(self, searches: list[Search], batch: FeatureBatch, texts) -> list[np.ndarray]:
         """Per feature, the raw logits [alternatives, n] of its best candidates on all its examples; the
@@ -209,7 +312,9 @@ class Labeler:
         raw = self.optimiser.label_logits(owner, ids, batch, texts).cpu().numpy()
         return np.split(raw, np.cumsum([min(len(s.candidates), ALTERNATIVES) for s in searches])[:-1])
 
-    def _scored_row(self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float) -> dict:
+    def _scored_row(
+        self, ex: FeatureExamples, search: Search, raw: np.ndarray, seconds: float, named: Named | None = None
+    ) -> dict:
         """The labels row of a searched feature, from its candidates' raw logits [alternatives, n]."""
         best = search.candidates[:ALTERNATIVES]
         m = len(ex.texts)
@@ -236,7 +341,18 @@ class Labeler:
             seconds=seconds,
             **cls,
             **search.losses,
+            **self._naming_values(named),
         )
+
+    def _naming_values(self, named: Named | None) -> dict:
+        if named is None:  # a given label (`score_labels`): neither searched nor named
+            return {}
+        return {
+            "label_source": named.source,
+            "proposals": named.proposals,
+            "namer": None if self.namer is None else self.namer.name,
+            "namer_error": named.error,
+        }
 
     def _row(self, fid: int, status: str, ex: FeatureExamples | None, error: str | None = None, **values) -> dict:
         row = dict.fromkeys(LABELS_SCHEMA.names)
@@ -249,6 +365,7 @@ class Labeler:
             label_tokens=self.optimiser.config.label_tokens,
             config_hash=self.config_hash,
             alternatives=[],
+            proposals=[],
         )
         if ex is not None:
             row.update(

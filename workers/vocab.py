@@ -90,6 +90,11 @@ def decode_label(tokenizer, ids) -> str:
     return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(list(ids))).strip()
 
 
+def label_words(tokenizer, ids: torch.Tensor) -> list[str]:
+    """The word each label-vocabulary token `ids` spells, in order."""
+    return [decode_label(tokenizer, [i]) for i in ids.tolist()]
+
+
 def token_frequencies(tokenizer, ids: torch.Tensor) -> torch.Tensor:
     """Zipf frequency (log10 per billion words, 0 when unknown) of each token `ids` spells as a word,
     as a tensor over the whole tokenizer so that any label's token ids index it."""
