@@ -108,6 +108,21 @@ class RunStore:
             )
             raise ValueError(f"cannot write to run storage {self.uri}: {err}{hint}") from None
 
+    def shareable_fs(self) -> pafs.FileSystem:
+        """This store's filesystem for processes that do not share this one's environment (Ray Train's controller
+        and workers): on S3 with the keys of this process's AWS_* variables written in, as pyarrow pickles
+        explicit keys only. Without such variables, the other processes use their own credential chain."""
+        if self.local or not os.environ.get("AWS_ACCESS_KEY_ID"):
+            return self.fs
+        endpoint = parse_qs(urlsplit(with_endpoint(self.uri)).query).get("endpoint_override", [None])[0]
+        return pafs.S3FileSystem(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+            region=self.fs.region,
+            endpoint_override=endpoint,
+        )
+
     def path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
 
@@ -133,12 +148,18 @@ class RunStore:
         return ds.dataset(files, format="parquet", filesystem=self.fs)
 
     def write_text(self, rel: str, text: str) -> None:
-        self._atomic(rel, lambda f: f.write(text.encode()))
+        self.write_bytes(rel, text.encode())
 
     def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._atomic(rel, lambda f: f.write(data))
+
+    def read_bytes(self, rel: str) -> bytes:
         def read():
             with self.fs.open_input_stream(self.path(rel)) as f:
-                return f.read().decode()
+                return f.read()
 
         return self._retry(f"read {rel}", read)
 
