@@ -453,16 +453,20 @@ def markdown(manifest: dict, results: pa.Table, top: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def texts_digest(texts: list[str]) -> str:
+    """A short fingerprint of a dataset's texts in order: stages that share it share their rows (and splits)."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+
 def feature_key(config: ProbeConfig, model: str, hook: str, sae: str, texts: list[str], length: int) -> dict:
     """What the features shards depend on (not the labels: those are joined afresh), so that a rerun with the
     same key resumes them."""
-    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     return {
         "model": model,
         "hook": hook,
         "sae": sae,
         "texts": len(texts),
-        "texts_sha256": digest,
+        "texts_sha256": texts_digest(texts),
         "context_length": length,
         "top_n": config.top_n,
     }
@@ -489,7 +493,8 @@ def probe(config: ProbeConfig, address: str | None = None) -> tuple[dict, str]:
     # Every check that needs no model comes first, then the SAE, then the subject model's config only.
     run_store, run = load_run(config.run)
     texts, labels = read_labeled(config.dataset, config.text_col, config.label_col, config.max_texts)
-    check_classes(labels, config.classifier.folds, config.dataset)
+    folds = config.classifier.folds
+    check_classes(labels, config.dataset, max(5, folds), f"a {folds}-fold cross-validation and a stratified test split")
     counts = Counter(labels)
     classes = sorted(counts)
     accept = load_accept(config, classes)

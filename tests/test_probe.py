@@ -303,11 +303,11 @@ def test_hub_dataset_offline_is_a_clear_error():
 
 
 def test_check_classes():
-    check_classes(["a"] * 5 + ["b"] * 5, folds=5, dataset="d")
+    check_classes(["a"] * 5 + ["b"] * 5, dataset="d")
     with pytest.raises(ValueError, match="at least 2 classes"):
-        check_classes(["a"] * 10, folds=5, dataset="d")
-    with pytest.raises(ValueError, match=r"\{'b': 6\}.*fewer than 8"):
-        check_classes(["a"] * 9 + ["b"] * 6, folds=8, dataset="d")
+        check_classes(["a"] * 10, dataset="d")
+    with pytest.raises(ValueError, match=r"\{'b': 6\}.*fewer than 8 .*\(8 folds\)"):
+        check_classes(["a"] * 9 + ["b"] * 6, dataset="d", least=8, needs="8 folds")
 
 
 @pytest.mark.slow

@@ -181,17 +181,16 @@ def read_labeled(
     return list(texts), list(labels)
 
 
-def check_classes(labels: list[str], folds: int, dataset: str) -> None:
-    """Refuse fewer than two classes, or a class with fewer examples than max(5, folds)."""
+def check_classes(labels: list[str], dataset: str, least: int = 5, needs: str = "a stratified test split") -> None:
+    """Refuse fewer than two classes, or a class with fewer than `least` examples (`needs`: what needs them)."""
     counts = Counter(labels)
     if len(counts) < 2:
         raise ValueError(f"dataset {dataset}: needs at least 2 classes to classify; found {sorted(counts)}")
-    least = max(5, folds)
     small = {c: n for c, n in sorted(counts.items()) if n < least}
     if small:
         raise ValueError(
             f"dataset {dataset}: class(es) {small} have fewer than {least} examples; each class needs at least "
-            f"{least} (a {folds}-fold cross-validation and a stratified test split); drop or merge them"
+            f"{least} ({needs}); drop or merge them"
         )
 
 
