@@ -221,7 +221,9 @@ class S3Server:
             f"-master.port.grpc={p[1]}",
             f"-volume.port={p[2]}",
             f"-volume.port.grpc={p[3]}",
-            "-volume.max=4",
+            # Room for the bucket's volumes and the filer's own: each grows 7 volumes at its first write, and a
+            # bucket first written more than a minute after start found every slot of 4 taken by the filer's.
+            "-volume.max=16",
             "-master.volumeSizeLimitMB=64",
             "-filer",
             f"-filer.port={p[4]}",
