@@ -114,7 +114,7 @@ def cmd_show(args) -> None:
 
 
 def cmd_report(args) -> None:
-    size = report.write_report(args.uri, args.output, probe=args.probe)
+    size = report.write_report(args.uri, args.output, probe=args.probe, bcos=args.bcos)
     warn_if_partial(args.uri)
     print(f"wrote {args.output} ({size / 1e6:.2f} MB)")
 
@@ -130,6 +130,12 @@ def cmd_probe(args) -> None:
     manifest, text = probe.probe(config, args.address)
     print(text)
     print(f"outputs in {manifest['uri']}", file=sys.stderr)
+
+
+def cmd_bcos(args) -> None:
+    from pipeline import bcos
+
+    bcos.COMMANDS[args.bcos_command](args)
 
 
 def cmd_export(args) -> None:
@@ -209,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("uri", help="run directory or s3:// URI")
     rep.add_argument("-o", "--output", required=True, help="HTML file to write")
     rep.add_argument("--probe", default=None, help="a probe's URI (toklabel probe): adds its section")
+    rep.add_argument(
+        "--bcos", default=None, help="a B-cos run's URI (toklabel bcos train): adds its explained test texts"
+    )
     rep.set_defaults(func=cmd_report)
 
     pr = sub.add_parser(
@@ -235,6 +244,43 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--actors", type=int, default=None, help="feature-extraction actors (default: one per 2 CPUs)")
     pr.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
     pr.set_defaults(func=cmd_probe)
+
+    bc = sub.add_parser(
+        "bcos",
+        help="B-cos language models: fine-tuned classifiers whose token explanations are exact",
+        description="Convert a BERT-family encoder to a B-cos network while fine-tuning it on a labeled dataset (and "
+        "fine-tune the conventional model with the same recipe), on Ray Train; explain its predictions token by token.",
+    )
+    bcos_commands = bc.add_subparsers(dest="bcos_command", required=True)
+    bt = bcos_commands.add_parser("train", help="fine-tune the B-cos and the conventional model; score both")
+    bt.add_argument("--dataset", required=True, help=".jsonl / .parquet with text and label columns, or hf:NAME")
+    bt.add_argument("--text-col", default="text", help="column holding the text (default: text)")
+    bt.add_argument("--label-col", default="label", help="column holding the class (default: label)")
+    bt.add_argument("--out", required=True, help="output directory or s3:// URI (a rerun there resumes)")
+    bt.add_argument("--model", default=None, help="BERT-family checkpoint: alias, folder or hub name (default: minilm)")
+    bt.add_argument("--b", type=float, default=None, help="B of the B-cos layers, >= 1 (default: 1.5)")
+    bt.add_argument("--epochs", type=int, default=None, help="epochs (default: 3)")
+    bt.add_argument("--batch", type=int, default=None, help="texts per step over all workers (default: 32)")
+    bt.add_argument("--lr", type=float, default=None, help="peak learning rate of AdamW (default: 5e-4)")
+    bt.add_argument("--max-length", type=int, default=None, help="tokens per text with [CLS]/[SEP] (default: 64)")
+    bt.add_argument("--test-fraction", type=float, default=None, help="stratified test split (default: 0.2)")
+    bt.add_argument("--seed", type=int, default=None, help="seed of split, data order, head, dropout (default: 0)")
+    bt.add_argument("--max-texts", type=int, default=None, help="use the first N texts (needed for hf: datasets)")
+    bt.add_argument("--workers", type=int, default=None, help="Ray Train workers, data parallel (default: 1)")
+    bt.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    bt.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs (torch threads) per worker (default: 1)")
+    bt.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: an epoch)")
+    bt.add_argument("--max-failures", type=int, default=None, help="worker failures recovered from (default: 3)")
+    bt.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    bt.set_defaults(func=cmd_bcos)
+    be = bcos_commands.add_parser("explain", help="a text's tokens shaded by their contribution to the logit")
+    be.add_argument("uri", help="output of toklabel bcos train: directory or s3:// URI")
+    be.add_argument("text", help="the text to classify and explain")
+    be.add_argument("--class", default=None, help="explain this class's logit (default: the predicted class)")
+    be.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto", help="shade tokens (auto: on a tty)"
+    )
+    be.set_defaults(func=cmd_bcos)
 
     ex = sub.add_parser("export", help="labels out to other tools")
     targets = ex.add_subparsers(dest="target", required=True)

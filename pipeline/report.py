@@ -17,6 +17,7 @@ from pathlib import Path
 from textwrap import shorten
 
 import duckdb
+import pyarrow as pa
 
 from pipeline.query import has_table, open_run
 from pipeline.show import readable_pieces, token_columns
@@ -250,9 +251,164 @@ def probe_html(p: dict) -> str:
     )
 
 
-def write_report(uri: str, out: str, probe: str | None = None) -> int:
-    """Write the report of the run at `uri` (with the section of the probe at `probe`) to the file `out`;
-    its size in bytes."""
-    page = render_html(report_data(uri), sections=probe_html(probe_section(probe)) if probe else "")
+BCOS_EXAMPLES = 12  # test texts shown with their B-cos explanation: the first of each class, at most this many
+PROBE_FEATURES = 5  # per text: its strongest SAE features, and the probe's top features of its class it has
+
+
+def bcos_section(uri: str, probe: str | None, labels: dict[int, tuple]) -> dict:
+    """What the report shows of a B-cos run (`toklabel bcos train`): both models' scores, and test texts with
+    their B-cos contributions; with a probe of the same texts, each text's SAE features as the probe reads them
+    (`labels`: the run's {feature_id: (label, score)})."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from pipeline.bcos import read_bcos  # the B-cos stage pulls in torch and Ray Train
+    from pipeline.probe import FEATURES, SETTINGS, read_probe
+    from pipeline.storage import RunStore
+    from workers.probe import column
+
+    summary, manifest, test = read_bcos(uri)
+    shown, seen = [], set()
+    for r in test.to_pylist():
+        if r["label"] not in seen and len(shown) < BCOS_EXAMPLES:
+            seen.add(r["label"])
+            shown.append(r)
+    section = {
+        "uri": uri,
+        "dataset": summary["dataset"],
+        "n_test": manifest["n_test"],
+        "b": manifest["settings"]["b"],
+        "results": [[r["method"], r["accuracy"], r["macro_f1"]] for r in summary["results"]],
+        "examples": [],
+        "probe": None,
+    }
+    views: dict[int, dict] = {}
+    if probe:
+        psummary, pmanifest, _, top = read_probe(probe)
+        chosen = pmanifest["interpreted"]
+        name = f"sae {chosen['pooling']}" + (" binarised" if chosen["binarised"] else "")
+        results = {(r["method"], r["pooling"], r["binarised"]): r for r in psummary["results"]}
+        best = results[(chosen["method"], chosen["pooling"], chosen["binarised"])]
+        baselines = [[m, results[(m, None, None)]] for m in ("hidden-mean", "tfidf") if (m, None, None) in results]
+        section["results"] += [[f"probe: {name}", best["accuracy"], best["macro_f1"]]]
+        section["results"] += [[f"probe baseline: {m}", r["accuracy"], r["macro_f1"]] for m, r in baselines]
+        same = RunStore(probe).read_json(SETTINGS)["features"]["texts_sha256"] == manifest["key"]["texts_sha256"]
+        section["probe"] = {"uri": probe, "classifier": name, "same_texts": same}
+        if same:
+            store = RunStore(probe)
+            rows = pa.array([r["row"] for r in shown], pa.int64())
+            feats = store.dataset(FEATURES).to_table(
+                columns=["row", "sae_ids", column(chosen["pooling"])], filter=pc.is_in(ds.field("row"), rows)
+            )
+            weights: dict[str, dict[int, float]] = {}
+            for t in top.to_pylist():
+                if t["interpreted"]:
+                    weights.setdefault(t["class"], {})[t["feature_id"]] = t["weight"]
+            threshold = pmanifest["settings"]["threshold"]
+            for row, ids, values in zip(*(feats.column(c).to_pylist() for c in feats.column_names)):
+                if chosen["binarised"]:
+                    values = [1.0 if v > threshold else 0.0 for v in values]
+                views[row] = {"values": dict(zip(ids, values)), "weights": weights}
+    for r in shown:
+        peak = max((abs(c) for c in r["contributions"]), default=0.0) or 1.0
+        pieces = readable_pieces(r["tokens"])
+        example = {
+            "label": r["label"],
+            "predicted": r["bcos_class"],
+            "probability": _round(r["bcos_probability"], 3),
+            "logit": _round(r["logit"], 4),
+            "pieces": pieces,
+            "shades": [_round(c / peak, 2) for c in r["contributions"]],
+            "contributions": [_round(c, 3) for c in r["contributions"]],
+            "features": None,
+        }
+        view = views.get(r["row"])
+        if view:
+            active = {fid: v for fid, v in view["values"].items() if v > 0}
+            strongest = sorted(active, key=lambda f: (-active[f], f))[:PROBE_FEATURES]
+            weights = view["weights"].get(r["label"], {})
+            evidence = sorted((f for f in weights if f in active), key=lambda f: (-weights[f] * active[f], f))
+            example["features"] = {
+                "strongest": [[f, *labels.get(f, (None, None)), _round(active[f], 3)] for f in strongest],
+                "class": [
+                    [f, *labels.get(f, (None, None)), _round(active[f], 3), _round(weights[f], 3)]
+                    for f in evidence[:PROBE_FEATURES]
+                ],
+            }
+        section["examples"].append(example)
+    return section
+
+
+def _feature_chip(fid: int, label: str | None, score: float | None, value: float, weight: float | None = None) -> str:
+    name = html.escape(label) if label else "<i>no label</i>"
+    tip = f"feature {fid}" + (f", held-out AUROC {score:.2f}" if score is not None else "") + f"; value {value}"
+    tip += f"; weight {weight}" if weight is not None else ""
+    return f'<span class="chip" title="{html.escape(tip)}">#{fid} {name}</span>'
+
+
+def bcos_html(b: dict) -> str:
+    """The B-cos section: scores of every classifier, then test texts shaded by contribution, each beside the
+    probe's view of its SAE features."""
+    rows = "".join(
+        f'<tr><td>{html.escape(m)}</td><td class="num">{acc:.3f}</td><td class="num">{f1:.3f}</td></tr>'
+        for m, acc, f1 in b["results"]
+    )
+    probe = b["probe"]
+    if probe is None:
+        note = "Run the report with --probe (a probe of the same dataset) to see each text's SAE features beside it."
+    elif not probe["same_texts"]:
+        note = f"The probe at {html.escape(probe['uri'])} was fitted on other texts: no feature view."
+    else:
+        note = (
+            f"Beside each text: the probe's classifier ({html.escape(probe['classifier'])}) reads the text's SAE "
+            "features; its strongest features, and those among the top features of the text's class."
+        )
+    cards = []
+    for e in b["examples"]:
+        spans = "".join(
+            f'<span class="tok" style="background:{_shade(s)}" title="{c:+.3f}">{html.escape(p)}</span>'
+            if p.strip()
+            else html.escape(p)
+            for p, s, c in zip(e["pieces"], e["shades"], e["contributions"])
+        )
+        verdict = "" if e["predicted"] == e["label"] else ' class="wrong"'
+        side = ""
+        if e["features"]:
+            strongest = "".join(_feature_chip(*f) for f in e["features"]["strongest"]) or "none"
+            evidence = "".join(_feature_chip(*f) for f in e["features"]["class"]) or "none of them"
+            side = (
+                f'<div class="bcos-feats"><div>strongest SAE features: {strongest}</div>'
+                f"<div>top features of {html.escape(e['label'])} in it: {evidence}</div></div>"
+            )
+        cards.append(
+            f'<div class="bcos-example"><div class="meta">{html.escape(e["label"])} · B-cos predicts '
+            f"<b{verdict}>{html.escape(e['predicted'])}</b> (p = {e['probability']}), logit {e['logit']} = sum of "
+            f'the contributions</div><div class="bcos-text">{spans}</div>{side}</div>'
+        )
+    return (
+        f'<section class="probe bcos"><h2>B-cos: {html.escape(b["dataset"])}</h2>'
+        f'<div class="meta">accuracy and macro F1 on {b["n_test"]} held-out texts (the probe\'s split) · '
+        f"B = {b['b']} · {html.escape(b['uri'])}</div><table><thead><tr><th>classifier</th><th>accuracy</th>"
+        f"<th>macro F1</th></tr></thead><tbody>{rows}</tbody></table>"
+        f'<div class="meta">Test texts, one per class: each token shaded by its exact contribution to the predicted '
+        f"class's logit (orange for, blue against). {note}</div>{''.join(cards)}</section>"
+    )
+
+
+def _shade(s: float) -> str:
+    """Background of a token with contribution s in [-1, 1] (relative to the text's largest)."""
+    rgb = "217,115,13" if s > 0 else "40,110,220"
+    return f"rgba({rgb},{abs(s) * 0.85:.2f})"
+
+
+def write_report(uri: str, out: str, probe: str | None = None, bcos: str | None = None) -> int:
+    """Write the report of the run at `uri` (with the sections of the probe at `probe` and of the B-cos models at
+    `bcos`) to the file `out`; its size in bytes."""
+    data = report_data(uri)
+    sections = probe_html(probe_section(probe)) if probe else ""
+    if bcos:
+        labels = {f[0]: (f[1], f[2]) for f in data["features"]}
+        sections += bcos_html(bcos_section(bcos, probe, labels))
+    page = render_html(data, sections=sections)
     Path(out).write_text(page, encoding="utf-8")
     return len(page.encode())
