@@ -60,9 +60,12 @@ def report_data(uri: str) -> dict:
         raise ValueError(f"{uri} has no labels yet (labels/*.parquet): the report needs at least one labeled shard")
     density = "lat.density" if has_table(con, "latents") else "NULL"
     join = "LEFT JOIN latents lat USING (feature_id)" if has_table(con, "latents") else ""
+    # Runs labeled before naming existed have no label_source or proposals columns.
+    named = {"label_source", "proposals"} <= {c[0] for c in con.sql("DESCRIBE labels").fetchall()}
+    naming = "l.label_source, l.proposals" if named else "NULL, NULL"
     labels = _tuples(
         con,
-        f"SELECT l.feature_id, l.label, l.score, l.status, l.error, l.alternatives, {density} "
+        f"SELECT l.feature_id, l.label, l.score, l.status, l.error, l.alternatives, {density}, {naming} "
         f"FROM labels l {join} ORDER BY l.feature_id",
     )
     top: dict[int, list] = {}
@@ -85,9 +88,10 @@ def report_data(uri: str) -> dict:
             negatives.setdefault(fid, []).append(shorten(text, NEGATIVE_CHARS, placeholder=" …"))
 
     features, contexts = [], []
-    for fid, label, score, status, error, alternatives, density in labels:
+    for fid, label, score, status, error, alternatives, density, source, proposals in labels:
         alternatives = [[a["label"], _round(a["score"], 3)] for a in alternatives or []]
-        features.append([fid, label, _round(score), status, _round(density), alternatives, error])
+        proposals = [[p["label"], _round(p["train_score"], 3), p["verified"]] for p in proposals or []]
+        features.append([fid, label, _round(score), status, _round(density), alternatives, error, source, proposals])
         feature_top = top.get(fid, [])
         peak = max((max(t[3]) for t in feature_top if t[3]), default=0.0) or 1.0
         shown = [

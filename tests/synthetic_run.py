@@ -47,6 +47,12 @@ def write_run(
                     alternatives=[{"label": f"{word}{fid}", "score": score}]
                     + [{"label": f"alt{fid}" + "'" * k, "score": score - 0.1 * (k + 1)} for k in range(4)],
                     n_active=top,
+                    # Every fourth feature's label is a verified category the namer proposed.
+                    label_source="namer" if fid % 4 == 0 else "search",
+                    proposals=[
+                        {"label": f"kind{fid}", "train_score": score, "namer_score": -1.0, "verified": True},
+                        {"label": "zebra", "train_score": 0.5, "namer_score": -2.0, "verified": False},
+                    ],
                 )
             if status == "failed":
                 row["error"] = "RuntimeError: out of memory"

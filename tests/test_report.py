@@ -197,6 +197,16 @@ def test_report_page_in_chromium(run, tmp_path, chromium):
     assert shaded and shaded[0][0] == "water" and shaded[0][1].startswith("rgba(230, 120, 20")
     assert page.js("document.querySelectorAll('.card .neg').length") == 2
 
+    # A named feature says where its label came from and shows the namer's proposals, unverified ones set apart.
+    search(page, "water9")
+    assert page.js("document.querySelector('tr.row .source')") is None  # feature 9's label is the search's
+    search(page, "kind8")
+    page.js("document.querySelector('tr.row').click()")
+    assert page.js("document.querySelector('tr.row .source').textContent") == " named"
+    card = page.js("document.querySelector('.card').textContent")
+    assert "label from the namer" in card and "namer's proposals" in card
+    assert page.js("[...document.querySelectorAll('.card .unverified')].map(e => e.textContent)") == ["zebra 0.500"]
+
     # Sorting by score (descending first) puts the best feature on top.
     search(page, "")
     page.js("document.querySelector('th[data-k=\"2\"]').click()")

@@ -35,6 +35,7 @@ def test_show_feature(run, capsys):
     assert main(["show", run, "7"]) == 0  # stdout is not a tty here: plain markers
     out = capsys.readouterr().out
     assert "label         rate7" in out and "alternatives  rate7 " in out and "alt7 " in out
+    assert "label from    the search" in out and "proposals     kind7 " in out and "zebra 0.500   (" in out
     assert "density       0.017 (17 contexts active)" in out
     assert out.count("[[rate") == 4 and "[[rates]]" in out and "\033[" not in out
     assert "a quiet context number 0 for feature 7" in out
