@@ -19,7 +19,9 @@ from workers.vocab import decode_label, label_token_ids
 ALTERNATIVES = 5
 PROPOSALS = 16
 """category proposals the namer makes per feature, each verified by the discriminator"""
-SOURCES = ("search", "namer")
+NAMING_MARGIN = 1.0
+"""the search's first label gives way only to a label the namer scores this much higher (log-probability): the
+tied labels predict about equally well, and a weak preference is not worth a change"""
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -259,8 +261,11 @@ class Labeler:
     def _verify_and_choose(self, searches: list[Search], namings, batch: FeatureBatch, texts) -> list[Named]:
         """Score every proposal as a discrete label on its feature's training split, as found labels are; a
         proposal is verified when it is within `tie_window` of the best candidate. Among the tied candidates
-        and the verified proposals, the label the namer scores highest as the name of the others leads (the
-        search's order stands where it scores none); its feature's candidates are reordered in place."""
+        and the verified proposals that also reach the search's first label on training (a word from outside
+        the search must not trade accuracy for generality: picked among many, its training score flatters it),
+        the label the namer scores highest as the name of the others leads where it beats the search's first
+        label by NAMING_MARGIN (or the namer cannot read that one); its feature's candidates are reordered in
+        place."""
         tok, window, k = self.disc.tokenizer, self.optimiser.config.tie_window, self.optimiser.config.label_tokens
         owner, ids, texts_of = [], [], []
         for f, naming in enumerate(namings):
@@ -292,10 +297,16 @@ class Labeler:
                 for text, score in naming.proposals
             ]
             pool = [(c, naming.scores.get(decode_label(tok, c[0]))) for c in search.candidates if c[1] >= best - window]
-            pool += [(verified[f][r["label"]], proposed[r["label"]]) for r in rows if r["verified"]]
+            floor = max(best - window, search.candidates[0][1])
+            pool += [
+                (verified[f][r["label"]], proposed[r["label"]])
+                for r in rows
+                if r["verified"] and verified[f][r["label"]][1] >= floor
+            ]
             judged = [(score, c) for c, score in pool if score is not None]
+            current = next((score for score, c in judged if c[0] == search.candidates[0][0]), float("-inf"))
             source = "search"
-            if judged:
+            if judged and max(j[0] for j in judged) >= current + NAMING_MARGIN:
                 lead = max(judged, key=lambda j: (j[0], j[1][1]))[1]
                 found = [c for c in search.candidates if c[0] != lead[0]]
                 source = "search" if len(found) < len(search.candidates) else "namer"

@@ -169,22 +169,25 @@ class CausalLMNamer(Namer):
     def _word_logprobs(self, prompts: list[str], continuations: list[list[int]] | None = None) -> torch.Tensor:
         """log p [N, W] of each word (any of its forms) as the next word after prompt n (plus its continuation
         tokens, when given); words without a single-token form read -inf."""
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            rows = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts[i : i + self.batch_size]]
-            if continuations is not None:
-                rows = [r + c for r, c in zip(rows, continuations[i : i + self.batch_size])]
-            width = max(len(r) for r in rows)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        rows = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        if continuations is not None:
+            rows = [r + c for r, c in zip(rows, continuations)]
+        # Batches of prompts of about one length: the forward passes run little padding.
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
+        out = torch.empty(len(rows), len(self.words), device=self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for i in range(0, len(rows), self.batch_size):
+            part = order[i : i + self.batch_size]
+            width = max(len(rows[r]) for r in part)
+            ids = torch.tensor([[pad] * (width - len(rows[r])) + rows[r] for r in part], device=self.device)
+            mask = torch.tensor([[0] * (width - len(rows[r])) + [1] * len(rows[r]) for r in part], device=self.device)
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1
             ).logits[:, -1]
             log_p = torch.log_softmax(logits.float(), -1)
             forms = log_p[:, self._forms].masked_fill(~self._form_mask, float("-inf"))
-            out.append(forms.logsumexp(-1))
-        return torch.cat(out)
+            out[part] = forms.logsumexp(-1)
+        return out
 
     def _extend(self, namings: list[Naming], prompts: list[str]) -> None:
         """Add to each feature's proposals its best one-word proposals followed by a next word the namer
