@@ -1,6 +1,7 @@
 """The paper's reproduction set: label the five known-meaning features with each optimiser mode.
 
-HF_HUB_OFFLINE=1 python bench/repro.py [--steps N] [--template T] [--discriminator smollm2 --settings st-gumbel:1]
+HF_HUB_OFFLINE=1 python bench/repro.py [--steps N] [--template T] [--namer none|smollm2|discriminator]
+    [--discriminator smollm2 --settings st-gumbel:1]
 
 Prints a table of label, held-out AUROC and whether the label names the concept, per feature and
 mode, and saves bench/results/repro.json.
@@ -23,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from workers.discriminators import load_discriminator  # noqa: E402
 from workers.labeler import Labeler  # noqa: E402
+from workers.namers import DEFAULT_NAMER, load_namer  # noqa: E402
 from workers.optimiser import OptimiserConfig  # noqa: E402
-from workers.vocab import label_vocab  # noqa: E402
+from workers.vocab import label_vocab, label_words  # noqa: E402
 
 REPRO = ROOT / "data" / "repro"
 SETTINGS = [("soft", 1), ("st-gumbel", 1), ("exhaustive", 1), ("st-gumbel", 2)]
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--template", default=None, help="discriminator template (default: the discriminator's)")
     parser.add_argument("--readout", default=None, help="embedding readout (default: the discriminator's)")
     parser.add_argument("--discriminator", default="minilm", help="discriminator model (default: minilm)")
+    parser.add_argument("--namer", default=DEFAULT_NAMER, help="namer (none: the search alone)")
     parser.add_argument(
         "--settings",
         default=",".join(f"{m}:{k}" for m, k in SETTINGS),
@@ -79,11 +82,12 @@ def main() -> None:
     options = {k: v for k, v in (("template", args.template), ("readout", args.readout)) if v}
     disc = load_discriminator(args.discriminator, **options)
     vocab = label_vocab(disc.tokenizer)
+    namer = load_namer(args.namer, label_words(disc.tokenizer, vocab), discriminator=disc)
     results = []
     settings = [(m, int(k)) for m, k in (item.split(":") for item in args.settings.split(","))]
     for mode, k in settings:
         t0 = time.perf_counter()
-        labeler = Labeler(disc, vocab, OptimiserConfig(mode=mode, label_tokens=k, steps=args.steps))
+        labeler = Labeler(disc, vocab, OptimiserConfig(mode=mode, label_tokens=k, steps=args.steps), namer=namer)
         rows = {r["feature_id"]: r for r in labeler.label(table, [c["feature_id"] for c in concepts]).to_pylist()}
         seconds = time.perf_counter() - t0
         for c in concepts:
@@ -96,21 +100,28 @@ def main() -> None:
                     "label": r["label"],
                     "auroc": r["score"],
                     "named": named(r["label"] or "", c["accept"]),
+                    "label_source": r["label_source"],
                     "alternatives": [a["label"] for a in r["alternatives"]],
+                    "proposals": [
+                        {"label": p["label"], "train_auroc": p["train_score"], "verified": p["verified"]}
+                        for p in r["proposals"]
+                    ],
                     "seconds": seconds,
                 }
             )
-    print(f"{'mode':<11} {'K':>1}  {'concept':<18} {'label':<24} {'AUROC':>6}  named")
+    print(f"{'mode':<11} {'K':>1}  {'concept':<18} {'label':<24} {'AUROC':>6}  named  from    verified proposals")
     for r in results:
+        verified = ", ".join(p["label"] for p in r["proposals"] if p["verified"])
         print(
             f"{r['mode']:<11} {r['label_tokens']:>1}  {r['concept']:<18} {r['label']:<24} {r['auroc']:>6.3f}  "
-            f"{'yes' if r['named'] else 'no'}"
+            f"{'yes' if r['named'] else 'no ':<5}  {r['label_source']:<7} {verified}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
             {
                 "discriminator": args.discriminator,
+                "namer": args.namer,
                 "steps": args.steps,
                 "template": disc.template,
                 "readout": getattr(disc, "readout", None),
