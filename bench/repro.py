@@ -112,8 +112,9 @@ def main() -> None:
     print(f"{'mode':<11} {'K':>1}  {'concept':<18} {'label':<24} {'AUROC':>6}  named  from    verified proposals")
     for r in results:
         verified = ", ".join(p["label"] for p in r["proposals"] if p["verified"])
+        auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"  # none where the held-out split has one class
         print(
-            f"{r['mode']:<11} {r['label_tokens']:>1}  {r['concept']:<18} {r['label']:<24} {r['auroc']:>6.3f}  "
+            f"{r['mode']:<11} {r['label_tokens']:>1}  {r['concept']:<18} {r['label'] or '-':<24} {auroc:>6}  "
             f"{'yes' if r['named'] else 'no ':<5}  {r['label_source']:<7} {verified}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
