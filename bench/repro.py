@@ -100,6 +100,7 @@ def main() -> None:
                     "label": r["label"],
                     "auroc": r["score"],
                     "named": named(r["label"] or "", c["accept"]),
+                    "status": r["status"],
                     "label_source": r["label_source"],
                     "alternatives": [a["label"] for a in r["alternatives"]],
                     "proposals": [
@@ -115,7 +116,7 @@ def main() -> None:
         auroc = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"  # none where the held-out split has one class
         print(
             f"{r['mode']:<11} {r['label_tokens']:>1}  {r['concept']:<18} {r['label'] or '-':<24} {auroc:>6}  "
-            f"{'yes' if r['named'] else 'no ':<5}  {r['label_source']:<7} {verified}"
+            f"{'yes' if r['named'] else 'no ':<5}  {r['label_source'] or r['status']:<7} {verified}"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
