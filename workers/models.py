@@ -102,6 +102,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def left_pad(
+    rows: list[list[int]], tokenizer: PreTrainedTokenizerBase, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask [N, width] of token rows, left-padded so that every row ends at the last
+    position (pad id 0 where the tokenizer has none)."""
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer for a model name, alias or folder."""
     return AutoTokenizer.from_pretrained(resolve_model(name))

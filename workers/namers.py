@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig
 
 from workers.discriminators import CausalLMDiscriminator, discriminator_kind
-from workers.models import SMOLLM2, load_causal_lm, load_tokenizer, resolve_model
+from workers.models import SMOLLM2, left_pad, load_causal_lm, load_tokenizer, resolve_model
 from workers.vocab import label_vocab, label_words
 
 MEMBERS_SLOT = "{members}"
@@ -175,12 +175,9 @@ class CausalLMNamer(Namer):
         # Batches of prompts of about one length: the forward passes run little padding.
         order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
         out = torch.empty(len(rows), len(self.words), device=self.device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for i in range(0, len(rows), self.batch_size):
             part = order[i : i + self.batch_size]
-            width = max(len(rows[r]) for r in part)
-            ids = torch.tensor([[pad] * (width - len(rows[r])) + rows[r] for r in part], device=self.device)
-            mask = torch.tensor([[0] * (width - len(rows[r])) + [1] * len(rows[r]) for r in part], device=self.device)
+            ids, mask = left_pad([rows[r] for r in part], self.tokenizer, self.device)
             logits = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1
             ).logits[:, -1]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from workers.discriminators.base import LABEL_SLOT, Discriminator, check_fits
-from workers.models import load_causal_lm, load_tokenizer
+from workers.models import left_pad, load_causal_lm, load_tokenizer
 from workers.vocab import decode_label, label_token_ids, space_mark
 
 TEXT_SLOT = "{text}"
@@ -242,12 +242,7 @@ class CausalLMDiscriminator(Discriminator):
     def prefix_ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask [N, width] of each text's prompt up to the label slot, left-padded:
         every prefix ends at the same position, so one suffix batch continues them all."""
-        rows = [self.prompt.prefix_ids(t) for t in self.cut_texts(texts)]
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        return ids, mask
+        return left_pad([self.prompt.prefix_ids(t) for t in self.cut_texts(texts)], self.tokenizer, self.device)
 
     def cut_texts(self, texts: list[str]) -> list[str]:
         """Each text cut after its first `max_length` tokens (at the character where that token ends; decoded
