@@ -4,9 +4,19 @@ and the real SmolLM2 tokenizer: whole words only, each once, decoded labels read
 import re
 
 import pytest
+from wordfreq import zipf_frequency
 
 from workers.models import load_tokenizer
-from workers.vocab import STOPWORDS, decode_label, label_token_ids, label_vocab, space_mark
+from workers.vocab import (
+    FREQUENCY_LANGUAGE,
+    STOPWORDS,
+    VocabFilter,
+    decode_label,
+    label_token_ids,
+    label_vocab,
+    label_words,
+    space_mark,
+)
 
 
 @pytest.fixture(scope="module", params=["minilm", "smollm2", "bpe", "sentencepiece"])
@@ -40,6 +50,22 @@ def test_the_vocabulary_is_whole_words_each_once(tokenizer):
             if re.fullmatch(r"[a-z]{3,}", p)
         ]
         assert fragments and not set(fragments) & set(vocab)
+        # A marked token that starts a longer word ("Ġdescrib") is no word of the frequency list either.
+        starts = [
+            w
+            for w in (tokenizer.convert_tokens_to_string([p]).strip() for p in tokenizer.get_vocab() if p[:1] == mark)
+            if re.fullmatch(r"[a-z]{3,}", w) and zipf_frequency(w, FREQUENCY_LANGUAGE) == 0
+        ]
+        assert starts and not set(starts) & set(words)
+        assert all(zipf_frequency(w, FREQUENCY_LANGUAGE) > 0 for w in words)
+
+
+def test_word_starts_of_longer_words_are_left_out_of_smollm2s_vocabulary():
+    tokenizer = load_tokenizer("smollm2")
+    words = set(label_words(tokenizer, label_vocab(tokenizer)))
+    assert {"describe", "vegetables", "bacteria"} <= words and not {"describ", "veget", "bacter"} & words
+    every_start = set(label_words(tokenizer, label_vocab(tokenizer, VocabFilter(known_words=False))))
+    assert {"describ", "veget", "bacter"} <= every_start
 
 
 def test_a_label_decodes_to_its_words_and_back(tokenizer):

@@ -5,7 +5,8 @@ Tokenizers mark words in one of two ways. WordPiece (BERT, MiniLM) marks the pie
 (Llama 2, Gemma, Mistral) mark the pieces that start a word with the space before it ("Ġdog", "▁dog"), and
 the same letters without the mark ("dog") are a fragment of a longer word. A label is a sequence of whole
 words, so only word-start tokens qualify, each surface form once; with a space mark the label's tokens carry
-their own spaces, and a label decodes as the words it spells.
+their own spaces, and a label decodes as the words it spells. The mark says where a word starts, not where it
+ends ("Ġdescrib" begins "describe"), so with a mark a token must also spell a word of the frequency list.
 """
 
 from __future__ import annotations
@@ -41,13 +42,20 @@ class VocabFilter:
     """allow stopwords"""
     pattern: str = WORD.pattern
     """regular expression a token must match whole (lower-case ASCII words by default)"""
+    known_words: bool = True
+    """with a space-marked tokenizer, a word-start token must spell a word that wordfreq's FREQUENCY_LANGUAGE
+    list knows: the start of a longer word ("describ", "veget": about 5% of SmolLM2's word starts) is left
+    out. WordPiece's word-start tokens are whole words already (all but 9 names of MiniLM's are in the list).
+    Set False with a pattern for another language."""
 
-    def allowed(self, token: str, special: set[str]) -> bool:
+    def allowed(self, token: str, special: set[str], space_marked: bool = False) -> bool:
         if token in special or len(token) < self.min_length:
             return False
         if not re.fullmatch(self.pattern, token):
             return False
-        return self.stopwords or token not in STOPWORDS
+        if not self.stopwords and token in STOPWORDS:
+            return False
+        return not (self.known_words and space_marked) or zipf_frequency(token, FREQUENCY_LANGUAGE) > 0
 
 
 def space_mark(tokenizer) -> str | None:
@@ -69,7 +77,7 @@ def label_vocab(tokenizer, vocab_filter: VocabFilter = VocabFilter()) -> torch.T
             continue  # a fragment: the same letters inside or at the end of a longer word
         # Decoded, not the raw piece, so byte-level tokens ("Ġdog") are judged as the word they spell.
         word = tokenizer.convert_tokens_to_string([token]).strip()
-        if vocab_filter.allowed(word, special):
+        if vocab_filter.allowed(word, special, space_marked=mark is not None):
             words.setdefault(word, token_id)
     if not words:
         raise ValueError(f"the label vocabulary is empty: no token of the tokenizer matches {vocab_filter}")
