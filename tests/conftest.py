@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 
@@ -14,6 +15,37 @@ import transformers  # noqa: E402
 
 from workers.corpus import DEMO_CORPUS  # noqa: E402
 from workers.sae import SAEConfig, build_sae, save_saelens  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addini(
+        "test_timeout", "seconds after which a running test ends the run with every thread's stack", default="0"
+    )
+
+
+STDERR_COPY = pytest.StashKey[int]()
+
+
+def pytest_configure(config):
+    # A copy of stderr taken now, while output is not captured, so the stacks reach the terminal and CI's log.
+    config.stash[STDERR_COPY] = os.dup(2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A hung test fails the run within minutes, not at CI's limit. faulthandler's watchdog is a C thread, so it
+    fires even when the hang holds the GIL (a deadlock inside a C extension), where a Python signal handler or
+    timer thread would never run."""
+    seconds = float(item.config.getini("test_timeout"))
+    if seconds > 0:
+        stderr = os.fdopen(os.dup(item.config.stash[STDERR_COPY]), "w")
+        faulthandler.dump_traceback_later(seconds, exit=True, file=stderr)
+    try:
+        yield
+    finally:
+        if seconds > 0:
+            faulthandler.cancel_dump_traceback_later()
+            stderr.close()
 
 
 @pytest.fixture(scope="session")
