@@ -5,10 +5,11 @@ training AUROC (what exhaustive search uses) and chance.
 
 HF_HUB_OFFLINE=1 python bench/gradient_rank.py [--discriminator smollm2] [--texts 72] [--candidates 50]
 
-Gradients are taken at random start words, as the descent's first step is, under three losses: the
+Gradients are taken at random start words, as the descent's first step is, under four losses: the
 optimiser's weighted BCE at its starting read-out, the same with the read-out (scale, bias) fitted first, so
-that no common shift of all logits is left to learn, and a pairwise ranking loss (positive above negative),
-which has no read-out at all. Prints a table and saves bench/results/gradient_rank-NAME.json.
+that no common shift of all logits is left to learn, and two with no read-out at all: a pairwise ranking loss
+(positive above negative) and the mean logit of negatives minus that of positives.
+Prints a table and saves bench/results/gradient_rank-NAME.json.
 """
 
 from __future__ import annotations
@@ -150,7 +151,9 @@ def main() -> None:
             f"{'gradient, ' + name:<30} {g['mean_rank']:>9.1f} {g['top1']:>4}/{trials:<3} {g['top10']:>4}/{trials:<3} "
             f"{g['feature_correlation']:>13.2f}"
         )
-    print(f"{'chance':<30} {chance:>9.1f} {1 / args.candidates:>8.2f} {10 / args.candidates:>8.2f}")
+    # Chance as expected counts over the gradient rows' trials.
+    first, top10 = trials / args.candidates, 10 * trials / args.candidates
+    print(f"{'chance':<30} {chance:>9.1f} {first:>4.1f}/{trials:<3} {top10:>4.1f}/{trials:<3}")
     out = Path(args.out or ROOT / "bench" / "results" / f"gradient_rank-{args.discriminator}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
